@@ -6,13 +6,16 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 OUT ?= out
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint bench-sim clean help
+.PHONY: setup demo demo-down test lint bench-sim bench-switch bench-vm lab-up lab-down clean help
 
 help:
 	@echo "make demo   set up, then run the main job"
 	@echo "make test   set up, then run every test"
 	@echo "make lint   ansible-lint (production profile) and yamllint"
-	@echo "make bench-sim  simulator benchmark on the real traces"
+	@echo "make bench-sim     simulator benchmark on the real traces"
+	@echo "make bench-switch  switch daemon against the peer overlays"
+	@echo "make bench-vm      COW VM boot and kill times"
+	@echo "make lab-up / lab-down  the one-machine lab"
 
 setup:
 	@./scripts/bootstrap.sh
@@ -29,6 +32,20 @@ lint: setup
 
 bench-sim: setup
 	python bench/bench_simulator.py
+
+bench-switch: setup
+	python bench/bench_switch.py
+
+bench-vm: setup
+	python bench/bench_vm.py
+
+lab-up: setup
+	viocluster lab up
+
+lab-down: setup
+	viocluster lab down
+
+demo-down: lab-down
 
 clean:
 	rm -rf $(OUT) .pytest_cache

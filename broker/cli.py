@@ -16,7 +16,9 @@ from broker.errors import UserError
 
 # Modules that each expose ``register(subparsers)``; a sub-command sets ``func`` on its parser.
 _COMMAND_MODULES = (
-    "broker.simulator.cli",
+    "broker.simulator.cli",  # simulate
+    "broker.lab.cli",  # lab up / lab down
+    "broker.service.cli",  # broker run, status, contracts
 )
 
 
