@@ -1,0 +1,1 @@
+"""The one-machine lab: cached host root filesystem, nspawn hosts, `viocluster lab`."""
