@@ -1,0 +1,132 @@
+"""``viocluster lab up | down | status``: the one-machine lab."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from broker.errors import UserError
+from broker.lab import hosts as labhosts
+from broker.lab import topology
+from broker.lab.rootfs import ensure_rootfs
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_INVENTORY = REPO / "inventories" / "lab"
+
+
+class LabError(UserError):
+    """The lab cannot be brought up or down as asked."""
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces, nspawn); run it as root")
+
+
+def read_inventory(path: Path) -> dict:
+    if not path.exists():
+        raise LabError(f"inventory {path} does not exist")
+    exe = Path(sys.executable).parent / "ansible-inventory"
+    cmd = [str(exe) if exe.exists() else "ansible-inventory", "-i", str(path), "--list"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise LabError(f"cannot read inventory {path}: {proc.stderr.strip()[-600:]}")
+    try:
+        return json.loads(proc.stdout)
+    except ValueError as exc:
+        raise LabError(f"ansible-inventory gave no JSON for {path}: {exc}") from exc
+
+
+def up(inventory: Path, log=print) -> dict[str, float]:
+    """Build the rootfs (once) and boot the lab; return the seconds each phase took."""
+    _need_root()
+    times: dict[str, float] = {}
+    old = labhosts.Plan.load(topology.STATE_DIR)
+    if old is not None:
+        raise LabError(
+            f"a lab is already up (state in {topology.STATE_DIR}); run `viocluster lab down` first"
+        )
+    plan = topology.plan_from_inventory(read_inventory(inventory), rootfs="")
+    rootfs, built = ensure_rootfs(log=log)
+    times["rootfs"] = built
+    plan.rootfs = str(rootfs.path)
+    started = time.monotonic()
+    try:
+        labhosts.create(plan)
+    except BaseException:
+        labhosts.destroy(plan)
+        raise
+    times["hosts"] = time.monotonic() - started
+    return times
+
+
+def down(log=print) -> list[str]:
+    _need_root()
+    plan = labhosts.Plan.load(topology.STATE_DIR)
+    if plan is None:
+        return []
+    removed = labhosts.destroy(plan)
+    left = labhosts.leftovers(plan)
+    if left:
+        raise LabError(f"lab down left behind: {', '.join(left)}")
+    return removed
+
+
+def status() -> list[tuple[str, str, bool]]:
+    plan = labhosts.Plan.load(topology.STATE_DIR)
+    if plan is None:
+        return []
+    return [(h.name, h.ip, bool(h.pid) and labhosts._alive(h.pid)) for h in plan.hosts]
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    times = up(args.inventory)
+    plan = labhosts.Plan.load(topology.STATE_DIR)
+    assert plan is not None
+    where = "cached" if times["rootfs"] == 0 else f"built in {times['rootfs']:.1f} s"
+    print(f"lab up: {len(plan.hosts)} hosts answer SSH after {times['hosts']:.1f} s "
+          f"(root filesystem {where}: {plan.rootfs})")
+    for host in plan.hosts:
+        print(f"  {host.name:12} {host.ip}")
+    print(f"inventory: {args.inventory}   next: ansible-playbook playbooks/site.yml")
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    removed = down()
+    if not removed:
+        print("lab down: no lab was up")
+    else:
+        print(f"lab down: removed {len(removed)} namespaces and links in "
+              f"{time.monotonic() - started:.1f} s; nothing left behind")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    rows = status()
+    if not rows:
+        print("lab: down")
+        return 1
+    for name, ip, alive in rows:
+        print(f"{name:12} {ip:15} {'running' if alive else 'STOPPED'}")
+    return 0 if all(alive for _, _, alive in rows) else 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    lab = subparsers.add_parser("lab", help="the one-machine lab: up, down, status")
+    sub = lab.add_subparsers(dest="lab_command", metavar="ACTION")
+    sub.required = True
+    p_up = sub.add_parser("up", help="boot the lab's hosts (nspawn, real SSH) from the inventory")
+    p_up.add_argument("-i", "--inventory", type=Path, default=DEFAULT_INVENTORY,
+                      help="lab inventory (default: inventories/lab)")
+    p_up.set_defaults(func=_cmd_up)
+    p_down = sub.add_parser("down", help="power the lab off and remove all of it")
+    p_down.set_defaults(func=_cmd_down)
+    p_status = sub.add_parser("status", help="list the lab's hosts")
+    p_status.set_defaults(func=_cmd_status)
