@@ -1,0 +1,149 @@
+"""Contracts between a borrowing and a lending domain, and their state machine.
+
+::
+
+    proposed --> agreed --> provisioning --> active --> reclaiming --> closed
+        |          |             |             |            |
+        +----------+-------------+-------------+------------+--> failed
+    proposed --> closed   (declined, or expired before agreement)
+    agreed   --> closed   (cancelled before anything was provisioned)
+
+``closed`` and ``failed`` are final. A contract is changed only through
+:meth:`Contract.advance`, which returns the new contract and a :class:`Transition` record for
+the log; an illegal step raises :class:`IllegalTransition` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from broker.errors import UserError
+from broker.negotiation.messages import HostOffer, Needs, Terms
+
+
+class ContractState(str, enum.Enum):
+    PROPOSED = "proposed"
+    AGREED = "agreed"
+    PROVISIONING = "provisioning"
+    ACTIVE = "active"
+    RECLAIMING = "reclaiming"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+    @property
+    def final(self) -> bool:
+        return self in (ContractState.CLOSED, ContractState.FAILED)
+
+
+class Role(str, enum.Enum):
+    """Which side of the contract this broker is on."""
+
+    BORROWER = "borrower"
+    LENDER = "lender"
+
+
+S = ContractState
+ALLOWED: dict[ContractState, frozenset[ContractState]] = {
+    S.PROPOSED: frozenset({S.AGREED, S.CLOSED, S.FAILED}),
+    S.AGREED: frozenset({S.PROVISIONING, S.CLOSED, S.FAILED}),
+    S.PROVISIONING: frozenset({S.ACTIVE, S.FAILED}),
+    S.ACTIVE: frozenset({S.RECLAIMING, S.FAILED}),
+    S.RECLAIMING: frozenset({S.CLOSED, S.FAILED}),
+    S.CLOSED: frozenset(),
+    S.FAILED: frozenset(),
+}
+
+
+class IllegalTransition(UserError):
+    """A step the state machine does not allow (for example ``closed`` to ``active``)."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One line of a contract's log."""
+
+    contract_id: str
+    at: float
+    from_state: ContractState | None
+    to_state: ContractState
+    reason: str
+
+
+@dataclass(frozen=True)
+class Contract:
+    """A loan of ``len(hosts)`` machines from ``lender`` to ``borrower``.
+
+    ``nodes`` maps each agreed lending host to the name the VM gets in the borrower's
+    scheduler; it is filled when the contract is agreed.
+    """
+
+    id: str
+    role: Role
+    borrower: str
+    lender: str
+    state: ContractState
+    created_at: float
+    updated_at: float
+    requested: int
+    needs: Needs = field(default_factory=Needs)
+    terms: Terms = field(default_factory=Terms)
+    offered: tuple[HostOffer, ...] = ()
+    nodes: tuple[tuple[str, str], ...] = ()
+    reason: str = ""
+
+    @property
+    def peer(self) -> str:
+        return self.lender if self.role is Role.BORROWER else self.borrower
+
+    @property
+    def node_names(self) -> tuple[str, ...]:
+        return tuple(node for _host, node in self.nodes)
+
+    @property
+    def host_names(self) -> tuple[str, ...]:
+        return tuple(host for host, _node in self.nodes)
+
+    @classmethod
+    def propose(
+        cls,
+        contract_id: str,
+        role: Role,
+        borrower: str,
+        lender: str,
+        requested: int,
+        needs: Needs,
+        terms: Terms,
+        now: float,
+    ) -> tuple[Contract, Transition]:
+        contract = cls(
+            id=contract_id,
+            role=role,
+            borrower=borrower,
+            lender=lender,
+            state=S.PROPOSED,
+            created_at=now,
+            updated_at=now,
+            requested=requested,
+            needs=needs,
+            terms=terms,
+        )
+        return contract, Transition(contract_id, now, None, S.PROPOSED, "proposed")
+
+    def advance(
+        self, to: ContractState, now: float, reason: str, **changes: Any
+    ) -> tuple[Contract, Transition]:
+        """The contract in state ``to``, with ``changes`` applied, and the log record."""
+        if to not in ALLOWED[self.state]:
+            raise IllegalTransition(
+                f"contract {self.id}: cannot go from {self.state.value} to {to.value}"
+            )
+        new = replace(self, state=to, updated_at=now, reason=reason, **changes)
+        return new, Transition(self.id, now, self.state, to, reason)
+
+
+def vm_node_name(borrower: str, contract_id: str, index: int) -> str:
+    """The scheduler name of the ``index``-th VM of a contract: short, unique, DNS-safe."""
+    tail = contract_id.rsplit("-", 1)[-1][:8]
+    return f"{borrower}-v{tail}-{index}".lower().replace("_", "-").replace(".", "-")

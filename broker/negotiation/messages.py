@@ -1,0 +1,357 @@
+"""Messages between brokers and their JSON codec.
+
+Every message is a JSON object with an envelope (``type``, ``id``, ``sender``, ``recipient``,
+``sent_at``) and the fields of its type. ``id`` is unique per message: a broker that receives
+the same id twice answers the same way and changes nothing the second time.
+
+:func:`decode` accepts only what is written here: an unknown type, a missing or extra field,
+a wrong type or an out-of-range value raises :class:`MessageError` with a message naming the
+field, so the peer can be told exactly what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+from broker.errors import UserError
+
+#: Names of domains, hosts, contracts and message ids: short, printable, shell- and URL-safe.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+RECLAIM_MODES = ("immediate", "lease", "drain", "gradual")
+MAX_NODES = 4096
+MAX_BODY = 64 * 1024
+
+
+class MessageError(UserError):
+    """A message that cannot be accepted as it is; ``reason`` says what to fix."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def new_id(prefix: str = "m") -> str:
+    """A fresh message or contract id."""
+    return f"{prefix}-{uuid.uuid4().hex[:20]}"
+
+
+# --------------------------------------------------------------------------- value records
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What each node must have, as the borrower's jobs need it."""
+
+    cpus: int = 1
+    memory_mb: int = 0
+    disk_gb: int = 0
+
+
+@dataclass(frozen=True)
+class Terms:
+    """Terms of a loan: how the lender may take it back, and for how long it is lent."""
+
+    mode: str = "immediate"
+    lease_s: float = 3600.0
+    per_interval: int = 1
+
+
+@dataclass(frozen=True)
+class HostOffer:
+    """One lending host as measured at offer time: CPUs, free memory, free disk for COWs
+    (whole GB), its site label and the round-trip time to it (ms, None if not measured)."""
+
+    name: str
+    cpus: int
+    memory_mb: int
+    disk_gb: int
+    site: str
+    rtt_ms: float | None = None
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class Message:
+    """Envelope shared by every message."""
+
+    TYPE: ClassVar[str] = ""
+    id: str
+    sender: str
+    recipient: str
+    sent_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["type"] = self.TYPE
+        return body
+
+
+@dataclass(frozen=True)
+class Request(Message):
+    """Borrower to lender: lend me ``nodes`` machines that fit ``needs`` on these ``terms``."""
+
+    TYPE: ClassVar[str] = "request"
+    contract_id: str = ""
+    nodes: int = 1
+    needs: Needs = field(default_factory=Needs)
+    terms: Terms = field(default_factory=Terms)
+
+
+@dataclass(frozen=True)
+class Offer(Message):
+    """Lender to borrower: these hosts, measured now, on these terms."""
+
+    TYPE: ClassVar[str] = "offer"
+    contract_id: str = ""
+    hosts: tuple[HostOffer, ...] = ()
+    terms: Terms = field(default_factory=Terms)
+
+
+@dataclass(frozen=True)
+class Accept(Message):
+    """Borrower to lender: the contract is agreed for these offered hosts."""
+
+    TYPE: ClassVar[str] = "accept"
+    contract_id: str = ""
+    hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Decline(Message):
+    """Either side: no contract (nothing to lend, or nothing offered fits)."""
+
+    TYPE: ClassVar[str] = "decline"
+    contract_id: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Reclaim(Message):
+    """Lender to borrower: I take these machines back (the borrower requeues their jobs)."""
+
+    TYPE: ClassVar[str] = "reclaim"
+    contract_id: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Return(Message):
+    """Borrower to lender: I no longer need these machines; the lender may stop the VMs."""
+
+    TYPE: ClassVar[str] = "return"
+    contract_id: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    """Either side: I am alive, and these are the contracts I hold with you and their states."""
+
+    TYPE: ClassVar[str] = "heartbeat"
+    contracts: tuple[tuple[str, str], ...] = ()
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls for cls in (Request, Offer, Accept, Decline, Reclaim, Return, Heartbeat)
+}
+
+
+# --------------------------------------------------------------------------- codec
+
+
+def encode(message: Message) -> bytes:
+    """Compact UTF-8 JSON of ``message``; :func:`decode` gives it back unchanged."""
+    return json.dumps(message.to_dict(), separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode(data: bytes | str) -> Message:
+    """Parse and validate one message; raise :class:`MessageError` naming what is wrong."""
+    if isinstance(data, bytes):
+        if len(data) > MAX_BODY:
+            raise MessageError(f"message is {len(data)} bytes; the limit is {MAX_BODY}")
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MessageError(f"message is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        raw = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise MessageError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    return from_dict(raw)
+
+
+def from_dict(raw: Any) -> Message:
+    """Build a message from decoded JSON, checking every field."""
+    if not isinstance(raw, dict):
+        raise MessageError(f"a message must be a JSON object, not {_json_type(raw)}")
+    kind = raw.get("type")
+    if not isinstance(kind, str):
+        raise MessageError("field 'type' is missing or not a string")
+    cls = MESSAGE_TYPES.get(kind)
+    if cls is None:
+        known = ", ".join(sorted(MESSAGE_TYPES))
+        raise MessageError(f"unknown message type {kind!r}; expected one of: {known}")
+    expected = {f.name for f in fields(cls)} | {"type"}
+    extra = sorted(set(raw) - expected)
+    if extra:
+        raise MessageError(f"{kind}: unknown field(s) {', '.join(extra)}")
+    missing = sorted(expected - set(raw))
+    if missing:
+        raise MessageError(f"{kind}: missing field(s) {', '.join(missing)}")
+    values: dict[str, Any] = {
+        "id": _name(raw, "id", kind),
+        "sender": _name(raw, "sender", kind),
+        "recipient": _name(raw, "recipient", kind),
+        "sent_at": _number(raw, "sent_at", kind, minimum=0),
+    }
+    if "contract_id" in expected:
+        values["contract_id"] = _name(raw, "contract_id", kind)
+    if cls is Request:
+        values["nodes"] = _int(raw, "nodes", kind, 1, MAX_NODES)
+        values["needs"] = _needs(raw["needs"], kind)
+        values["terms"] = _terms(raw["terms"], kind)
+    elif cls is Offer:
+        values["hosts"] = _host_offers(raw["hosts"], kind)
+        values["terms"] = _terms(raw["terms"], kind)
+    elif cls is Accept:
+        hosts = _list(raw, "hosts", kind, minimum=1)
+        names = []
+        for i, item in enumerate(hosts):
+            names.append(_name({"name": item}, "name", f"{kind}.hosts[{i}]"))
+        if len(set(names)) != len(names):
+            raise MessageError(f"{kind}.hosts: a host is named twice")
+        values["hosts"] = tuple(names)
+    elif cls in (Decline, Reclaim, Return):
+        values["reason"] = _text(raw, "reason", kind)
+    elif cls is Heartbeat:
+        items = _list(raw, "contracts", kind)
+        pairs = []
+        for i, item in enumerate(items):
+            where = f"{kind}.contracts[{i}]"
+            if not (isinstance(item, (list, tuple)) and len(item) == 2):
+                raise MessageError(f"{where}: expected [contract_id, state]")
+            pairs.append(
+                (_name({"c": item[0]}, "c", where), _name({"s": item[1]}, "s", where))
+            )
+        values["contracts"] = tuple(pairs)
+    if values["sender"] == values["recipient"]:
+        raise MessageError(f"{kind}: sender and recipient are both {values['sender']!r}")
+    return cls(**values)
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}.get(
+        type(value), "a number" if isinstance(value, (int, float)) else "null"
+    )
+
+
+def _name(raw: dict[str, Any], key: str, where: str) -> str:
+    value = raw.get(key)
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise MessageError(
+            f"{where}.{key}: expected a name of 1-63 letters, digits, '.', '_' or '-', "
+            f"got {value!r}"
+        )
+    return value
+
+
+def _text(raw: dict[str, Any], key: str, where: str, limit: int = 500) -> str:
+    value = raw.get(key)
+    if not isinstance(value, str) or len(value) > limit:
+        raise MessageError(f"{where}.{key}: expected a string of at most {limit} characters")
+    return value
+
+
+def _int(raw: dict[str, Any], key: str, where: str, minimum: int, maximum: int) -> int:
+    value = raw.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise MessageError(f"{where}.{key}: expected an integer {minimum}..{maximum}, got {value!r}")
+    return value
+
+
+def _number(raw: dict[str, Any], key: str, where: str, minimum: float = 0) -> float:
+    value = raw.get(key)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < minimum
+    ):
+        raise MessageError(f"{where}.{key}: expected a finite number >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def _list(raw: dict[str, Any], key: str, where: str, minimum: int = 0) -> list[Any]:
+    value = raw.get(key)
+    if not isinstance(value, (list, tuple)) or not minimum <= len(value) <= MAX_NODES:
+        raise MessageError(f"{where}.{key}: expected an array of {minimum}..{MAX_NODES} items")
+    return value
+
+
+def _object(value: Any, where: str, keys: set[str], required: set[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise MessageError(f"{where}: expected an object, got {_json_type(value)}")
+    extra = sorted(set(value) - keys)
+    if extra:
+        raise MessageError(f"{where}: unknown field(s) {', '.join(extra)}")
+    missing = sorted(required - set(value))
+    if missing:
+        raise MessageError(f"{where}: missing field(s) {', '.join(missing)}")
+    return value
+
+
+def _needs(value: Any, kind: str) -> Needs:
+    where = f"{kind}.needs"
+    keys = {"cpus", "memory_mb", "disk_gb"}
+    obj = _object(value, where, keys, keys)
+    return Needs(
+        cpus=_int(obj, "cpus", where, 1, 4096),
+        memory_mb=_int(obj, "memory_mb", where, 0, 1 << 30),
+        disk_gb=_int(obj, "disk_gb", where, 0, 1 << 30),
+    )
+
+
+def _terms(value: Any, kind: str) -> Terms:
+    where = f"{kind}.terms"
+    keys = {"mode", "lease_s", "per_interval"}
+    obj = _object(value, where, keys, keys)
+    mode = obj["mode"]
+    if mode not in RECLAIM_MODES:
+        raise MessageError(
+            f"{where}.mode: expected one of {', '.join(RECLAIM_MODES)}, got {mode!r}"
+        )
+    lease = _number(obj, "lease_s", where, minimum=0)
+    per_interval = _int(obj, "per_interval", where, 1, MAX_NODES)
+    return Terms(mode=mode, lease_s=lease, per_interval=per_interval)
+
+
+def _host_offers(value: Any, kind: str) -> tuple[HostOffer, ...]:
+    items = _list({"hosts": value}, "hosts", kind, minimum=1)
+    hosts = []
+    keys = {"name", "cpus", "memory_mb", "disk_gb", "site", "rtt_ms"}
+    for i, item in enumerate(items):
+        where = f"{kind}.hosts[{i}]"
+        obj = _object(item, where, keys, keys - {"rtt_ms"})
+        rtt = obj.get("rtt_ms")
+        if rtt is not None:
+            rtt = _number(obj, "rtt_ms", where)
+        hosts.append(
+            HostOffer(
+                name=_name(obj, "name", where),
+                cpus=_int(obj, "cpus", where, 1, 4096),
+                memory_mb=_int(obj, "memory_mb", where, 0, 1 << 30),
+                disk_gb=_int(obj, "disk_gb", where, 0, 1 << 30),
+                site=_name(obj, "site", where),
+                rtt_ms=rtt,
+            )
+        )
+    if len({h.name for h in hosts}) != len(hosts):
+        raise MessageError(f"{kind}.hosts: a host is offered twice")
+    return tuple(hosts)

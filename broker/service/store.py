@@ -1,0 +1,266 @@
+"""Contracts, their transition log and the ids of messages already handled, in SQLite.
+
+The database runs in WAL mode with ``synchronous=FULL``: a transition that :meth:`Store.save`
+returned from is on disk, so a broker killed right after loses nothing. Every change of a
+contract and the log line that explains it are written in one transaction; a save whose
+``from`` state no longer matches the row (someone else moved the contract) is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from broker.errors import UserError
+from broker.negotiation.contracts import Contract, ContractState, Role, Transition
+from broker.negotiation.messages import HostOffer, Needs, Terms
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS contracts (
+    id TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    borrower TEXT NOT NULL,
+    lender TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    requested INTEGER NOT NULL,
+    needs TEXT NOT NULL,
+    terms TEXT NOT NULL,
+    offered TEXT NOT NULL,
+    nodes TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS contracts_state ON contracts(state);
+CREATE TABLE IF NOT EXISTS transitions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    contract_id TEXT NOT NULL REFERENCES contracts(id),
+    at REAL NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transitions_contract ON transitions(contract_id);
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    sender TEXT NOT NULL,
+    type TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    status INTEGER NOT NULL,
+    response TEXT NOT NULL
+);
+"""
+
+
+class StoreError(UserError):
+    """The contract database cannot be opened or used as it is."""
+
+
+class StaleContract(StoreError):
+    """A contract changed under us: the save was based on a state it is no longer in."""
+
+
+@dataclass(frozen=True)
+class SeenMessage:
+    id: str
+    sender: str
+    type: str
+    digest: str
+    status: int
+    response: dict[str, Any]
+
+
+class Store:
+    """One broker's contract database (a single SQLite file)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=10
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(SCHEMA)
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                self._db.execute(
+                    "INSERT INTO meta(key, value) VALUES('schema', ?)", (str(SCHEMA_VERSION),)
+                )
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: contract database has schema {row[0]}, this broker "
+                    f"reads {SCHEMA_VERSION}; migrate it or point state_dir elsewhere"
+                )
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"{self.path}: cannot open the contract database ({exc}); check the path "
+                "and its permissions, or move a damaged file aside"
+            ) from None
+        self._depth = 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @property
+    def journal_mode(self) -> str:
+        return str(self._db.execute("PRAGMA journal_mode").fetchone()[0])
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All writes inside happen together or not at all; nests."""
+        with self._lock:
+            if self._depth == 0:
+                self._db.execute("BEGIN IMMEDIATE")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._depth -= 1
+            if self._depth == 0:
+                self._db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ contracts
+
+    def create(self, contract: Contract, transition: Transition) -> None:
+        with self.transaction():
+            try:
+                self._db.execute(
+                    "INSERT INTO contracts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    _contract_row(contract),
+                )
+            except sqlite3.IntegrityError:
+                raise StaleContract(f"contract {contract.id} exists already") from None
+            self._log(transition)
+
+    def save(self, contract: Contract, transition: Transition) -> None:
+        """Write ``contract`` if it is still in ``transition.from_state``; log the step."""
+        with self.transaction():
+            row = _contract_row(contract)
+            cur = self._db.execute(
+                "UPDATE contracts SET role=?, borrower=?, lender=?, state=?, created_at=?, "
+                "updated_at=?, requested=?, needs=?, terms=?, offered=?, nodes=?, reason=? "
+                "WHERE id=? AND state=?",
+                (*row[1:], row[0], transition.from_state.value if transition.from_state else ""),
+            )
+            if cur.rowcount != 1:
+                now = self.get(contract.id)
+                raise StaleContract(
+                    f"contract {contract.id} is "
+                    f"{now.state.value if now else 'unknown'}, not "
+                    f"{transition.from_state.value if transition.from_state else 'new'}"
+                )
+            self._log(transition)
+
+    def _log(self, t: Transition) -> None:
+        self._db.execute(
+            "INSERT INTO transitions(contract_id, at, from_state, to_state, reason) "
+            "VALUES (?,?,?,?,?)",
+            (t.contract_id, t.at, t.from_state.value if t.from_state else None, t.to_state.value, t.reason),
+        )
+
+    def get(self, contract_id: str) -> Contract | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM contracts WHERE id=?", (contract_id,)).fetchone()
+        return _contract(row) if row else None
+
+    def contracts(self, *, open_only: bool = False, peer: str | None = None) -> list[Contract]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM contracts ORDER BY created_at, id").fetchall()
+        found = [_contract(r) for r in rows]
+        if open_only:
+            found = [c for c in found if not c.state.final]
+        if peer is not None:
+            found = [c for c in found if c.peer == peer]
+        return found
+
+    def history(self, contract_id: str) -> list[Transition]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT contract_id, at, from_state, to_state, reason FROM transitions "
+                "WHERE contract_id=? ORDER BY seq",
+                (contract_id,),
+            ).fetchall()
+        return [
+            Transition(r[0], r[1], ContractState(r[2]) if r[2] else None, ContractState(r[3]), r[4])
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------------ message ids
+
+    def seen(self, message_id: str) -> SeenMessage | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, sender, type, digest, status, response FROM messages WHERE id=?",
+                (message_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return SeenMessage(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]))
+
+    def remember(
+        self, message_id: str, sender: str, kind: str, digest: str, at: float, status: int,
+        response: dict[str, Any],
+    ) -> None:
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR IGNORE INTO messages VALUES (?,?,?,?,?,?,?)",
+                (message_id, sender, kind, digest, at, status, json.dumps(response)),
+            )
+
+    def message_count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM messages").fetchone()[0])
+
+
+def _contract_row(c: Contract) -> tuple[Any, ...]:
+    return (
+        c.id,
+        c.role.value,
+        c.borrower,
+        c.lender,
+        c.state.value,
+        c.created_at,
+        c.updated_at,
+        c.requested,
+        json.dumps(asdict(c.needs)),
+        json.dumps(asdict(c.terms)),
+        json.dumps([asdict(h) for h in c.offered]),
+        json.dumps([list(n) for n in c.nodes]),
+        c.reason,
+    )
+
+
+def _contract(row: tuple[Any, ...]) -> Contract:
+    return Contract(
+        id=row[0],
+        role=Role(row[1]),
+        borrower=row[2],
+        lender=row[3],
+        state=ContractState(row[4]),
+        created_at=row[5],
+        updated_at=row[6],
+        requested=row[7],
+        needs=Needs(**json.loads(row[8])),
+        terms=Terms(**json.loads(row[9])),
+        offered=tuple(HostOffer(**h) for h in json.loads(row[10])),
+        nodes=tuple((h, n) for h, n in json.loads(row[11])),
+        reason=row[12],
+    )
