@@ -1,0 +1,576 @@
+"""Event-driven simulation of N domains, each with an EASY scheduler, trading nodes as VMs.
+
+The broker of every domain runs each ``interval`` seconds and calls the same policy objects as
+the live broker (:mod:`broker.policy`): it builds a :class:`~broker.policy.DomainState` from the
+simulated queue, asks :meth:`~broker.policy.DomainPolicy.intent`, and the simulator plays the
+executor: VMs boot (``boot_delay``), run jobs ``slowdown`` slower, and halt (``halt_delay``)
+before the node is the lender's again.
+
+Design for speed: one heap of timed events (job ends, VM up, VM down); submissions are read from
+each domain's sorted lists; nodes are counts (physical) or a few VM records (borrowed); events
+at one timestamp are handled together and then each changed domain schedules once. EASY keeps
+the running jobs on physical nodes in a list sorted by estimated end, so the head job's shadow
+time and extra nodes come from its first few entries; when only new jobs arrived and nothing was
+freed, only the new jobs are tried (nothing else can have become startable).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from bisect import bisect_left, insort
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from broker.policy import (
+    Action,
+    DomainPolicy,
+    DomainState,
+    HostProperties,
+    Loan,
+    Mode,
+)
+from broker.simulator.workload import Workload
+
+INF = math.inf
+END, VM_UP, VM_DOWN = 0, 1, 2
+BOOTING, UP, DRAINING, HALTING = 0, 1, 2, 3
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """interval: broker period (s); boot_delay, halt_delay: VM start and stop (s); slowdown:
+    extra run time of a job on VMs (0.15 = 15 % slower); sharing: brokers trade at all;
+    epoch: the absolute time (Unix seconds) of t = 0, for the policies' time-of-day windows."""
+
+    interval: float = 3600.0
+    boot_delay: float = 40.0
+    halt_delay: float = 16.0
+    slowdown: float = 0.15
+    sharing: bool = True
+    epoch: float = 0.0
+    check_invariants: bool = False
+
+
+class VM:
+    __slots__ = ("id", "lender", "borrower", "state", "job", "started", "busy_since")
+
+    def __init__(self, vid: int, lender: int, borrower: int, started: float) -> None:
+        self.id = vid
+        self.lender = lender
+        self.borrower = borrower
+        self.state = BOOTING
+        self.job = -1
+        self.started = started
+        self.busy_since = -1.0
+
+
+@dataclass(slots=True)
+class DomainStats:
+    jobs: int = 0
+    wait_sum: float = 0.0
+    response_sum: float = 0.0
+    bsld_sum: float = 0.0
+    responses: list[float] = field(default_factory=list)
+    preemptions: int = 0
+    lost_node_seconds: float = 0.0
+    busy_own_node_seconds: float = 0.0  # own nodes, own jobs or peers' jobs on lent VMs
+    borrowed_node_seconds: float = 0.0
+    lent_node_seconds: float = 0.0
+    first_submit: float = INF
+    last_end: float = 0.0
+    by_submit_day: dict[int, list[float]] = field(default_factory=dict)  # day -> [n, sum resp]
+
+
+class Domain:
+    """Simulated state of one domain (counts of nodes, queue, VMs)."""
+
+    def __init__(self, index: int, workload: Workload, policy: DomainPolicy,
+                 host: HostProperties) -> None:
+        self.index = index
+        self.name = workload.name
+        self.w = workload
+        self.policy = policy
+        self.host = host
+        self.capacity = workload.capacity
+        n = len(workload)
+        self.size = workload.nodes
+        self.run = workload.runtime
+        self.est = workload.estimate
+        self.submit = workload.submit
+        self.next_submit = 0
+        self.free = workload.capacity  # own physical nodes free (not busy, not lent)
+        self.lent = 0  # own nodes running (or halting) a peer's VM
+        self.vms: dict[int, VM] = {}  # borrowed VMs, any state
+        self.idle_vms: list[VM] = []  # borrowed, up, no job, not draining
+        self.active_vms = 0  # borrowed VMs not halting (|V_a|)
+        self.queue: list[int] = []
+        self.waiting_nodes = 0
+        self.running_nodes = 0
+        self.run_phys: list[tuple[float, int]] = []  # (estimated end, job) on physical nodes
+        self.start = [-1.0] * n
+        self.end = [-1.0] * n
+        self.attempt = [0] * n
+        self.job_vms: dict[int, list[VM]] = {}
+        self.finished = 0
+        self.valid = False  # shadow/extra still hold; only new arrivals need trying
+        self.shadow = INF
+        self.extra = 0
+        self.new_jobs: list[int] = []
+        self.dirty = False
+        self.last_count_t = 0.0
+        self.stats = DomainStats()
+        # per-interval series
+        self.window_done = 0
+        self.window_resp = 0.0
+        self.series: list[tuple] = []
+
+    # -- accounting ---------------------------------------------------------------------
+    def count_to(self, now: float) -> None:
+        dt = now - self.last_count_t
+        if dt > 0:
+            self.stats.borrowed_node_seconds += len(self.vms) * dt
+            self.stats.lent_node_seconds += self.lent * dt
+            self.last_count_t = now
+
+    def state(self) -> DomainState:
+        return DomainState(
+            physical=self.capacity,
+            lent=self.lent,
+            borrowed=self.active_vms,
+            waiting_nodes=self.waiting_nodes,
+            running_nodes=self.running_nodes,
+            busy_physical=self.capacity - self.lent - self.free,
+            idle_borrowed=len(self.idle_vms),
+        )
+
+
+@dataclass(slots=True)
+class RunResult:
+    sharing: bool
+    domains: list[Domain]
+    events: int
+    end_time: float
+
+
+class Simulation:
+    """One run (with or without sharing) over the given workloads and policies."""
+
+    def __init__(
+        self,
+        workloads: Sequence[Workload],
+        policies: Sequence[DomainPolicy] | None = None,
+        config: SimConfig = SimConfig(),
+        hosts: Sequence[HostProperties] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        for w in workloads:
+            w.check_capacity()
+        names = [w.name for w in workloads]
+        if len(set(names)) != len(names):
+            raise ValueError(f"domain names must differ: {names}")
+        policies = policies or [DomainPolicy() for _ in workloads]
+        hosts = hosts or [HostProperties(cpus=1, memory_mb=1 << 20, disk_gb=1 << 20)
+                          for _ in workloads]
+        self.cfg = config
+        self.domains = [Domain(i, w, p, h) for i, (w, p, h) in
+                        enumerate(zip(workloads, policies, hosts))]
+        self.heap: list[tuple] = []
+        self.seq = 0
+        self.vm_seq = 0
+        self.now = 0.0
+        self.events = 0
+        self.progress = progress
+        self.total_jobs = sum(len(w) for w in workloads)
+        self.finished = 0
+        self.on_check: Callable[[Simulation], None] | None = None
+
+    # -- event helpers ------------------------------------------------------------------
+    def push(self, t: float, kind: int, dom: int, a: object, b: int = 0) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (t, self.seq, kind, dom, a, b))
+
+    # -- job start / end ----------------------------------------------------------------
+    def start_phys(self, d: Domain, j: int, now: float) -> None:
+        s = d.size[j]
+        d.free -= s
+        d.start[j] = now
+        d.running_nodes += s
+        d.waiting_nodes -= s
+        insort(d.run_phys, (now + d.est[j], j))
+        self.push(now + d.run[j], END, d.index, j, d.attempt[j])
+
+    def start_vms(self, d: Domain, j: int, now: float) -> None:
+        s = d.size[j]
+        idle = d.idle_vms
+        vms = idle[-s:]
+        del idle[-s:]
+        for vm in vms:
+            vm.job = j
+            vm.busy_since = now
+        d.job_vms[j] = vms
+        d.start[j] = now
+        d.running_nodes += s
+        d.waiting_nodes -= s
+        self.push(now + d.run[j] * (1.0 + self.cfg.slowdown), END, d.index, j, d.attempt[j])
+
+    def _release(self, d: Domain, j: int, now: float, finished: bool) -> None:
+        """Free the nodes of running job j (ended or preempted)."""
+        s = d.size[j]
+        d.running_nodes -= s
+        elapsed = now - d.start[j]
+        vms = d.job_vms.pop(j, None)
+        if vms is None:
+            key = (d.start[j] + d.est[j], j)
+            i = bisect_left(d.run_phys, key)
+            del d.run_phys[i]
+            d.free += s
+            d.stats.busy_own_node_seconds += s * elapsed
+        else:
+            domains = self.domains
+            for vm in vms:
+                domains[vm.lender].stats.busy_own_node_seconds += elapsed
+                vm.job = -1
+                vm.busy_since = -1.0
+                if vm.state == UP:
+                    d.idle_vms.append(vm)
+                elif vm.state == DRAINING:
+                    self.halt(vm, now)
+        if not finished:
+            d.stats.preemptions += 1
+            d.stats.lost_node_seconds += s * elapsed
+            d.attempt[j] += 1
+            d.start[j] = -1.0
+            d.waiting_nodes += s
+            insort(d.queue, j)
+        d.valid = False
+        d.dirty = True
+
+    def finish(self, d: Domain, j: int, now: float) -> None:
+        self._release(d, j, now, finished=True)
+        d.end[j] = now
+        d.finished += 1
+        self.finished += 1
+        st = d.stats
+        sub = d.submit[j]
+        resp = now - sub
+        st.jobs += 1
+        st.wait_sum += d.start[j] - sub
+        st.response_sum += resp
+        st.responses.append(resp)
+        st.bsld_sum += max(1.0, resp / max(d.run[j], 10.0))
+        cell = st.by_submit_day.get(int(sub // 86400.0))
+        if cell is None:
+            st.by_submit_day[int(sub // 86400.0)] = [1, resp]
+        else:
+            cell[0] += 1
+            cell[1] += resp
+        if now > st.last_end:
+            st.last_end = now
+        d.window_done += 1
+        d.window_resp += resp
+
+    # -- VMs ----------------------------------------------------------------------------
+    def lend(self, lender: Domain, borrower: Domain, count: int, now: float) -> None:
+        lender.count_to(now)
+        borrower.count_to(now)
+        lender.free -= count
+        lender.lent += count
+        lender.valid = False
+        for _ in range(count):
+            self.vm_seq += 1
+            vm = VM(self.vm_seq, lender.index, borrower.index, now)
+            borrower.vms[vm.id] = vm
+            borrower.active_vms += 1
+            self.push(now + self.cfg.boot_delay, VM_UP, borrower.index, vm)
+
+    def halt(self, vm: VM, now: float) -> None:
+        """Stop a borrowed VM (preempting its job first); the node returns after halt_delay."""
+        b = self.domains[vm.borrower]
+        if vm.state == HALTING:
+            return
+        if vm.job >= 0:
+            self._release(b, vm.job, now, finished=False)
+        if vm.state == UP:
+            b.idle_vms.remove(vm)
+        vm.state = HALTING
+        b.active_vms -= 1
+        b.valid = False
+        b.dirty = True
+        self.push(now + self.cfg.halt_delay, VM_DOWN, b.index, vm)
+
+    def drain(self, vm: VM, now: float) -> None:
+        if vm.state == HALTING or vm.state == DRAINING:
+            return
+        if vm.job < 0:
+            self.halt(vm, now)
+            return
+        vm.state = DRAINING
+        self.domains[vm.borrower].valid = False
+
+    def vm_up(self, vm: VM) -> None:
+        if vm.state != BOOTING:
+            return
+        vm.state = UP
+        d = self.domains[vm.borrower]
+        d.idle_vms.append(vm)
+        d.valid = False
+        d.dirty = True
+
+    def vm_down(self, vm: VM, now: float) -> None:
+        b = self.domains[vm.borrower]
+        lender = self.domains[vm.lender]
+        b.count_to(now)
+        lender.count_to(now)
+        del b.vms[vm.id]
+        lender.lent -= 1
+        lender.free += 1
+        lender.valid = False
+        lender.dirty = True
+
+    # -- EASY scheduling ----------------------------------------------------------------
+    def schedule(self, d: Domain, now: float) -> None:
+        d.dirty = False
+        if d.valid and d.new_jobs and d.queue[0] != d.new_jobs[0]:
+            self._try_new(d, now)
+        else:
+            self._full_pass(d, now)
+        d.new_jobs.clear()
+
+    def _try_new(self, d: Domain, now: float) -> None:
+        """Nothing was freed since the last pass: only the newly arrived jobs may start."""
+        size, est = d.size, d.est
+        started = None
+        for j in d.new_jobs:
+            s = size[j]
+            if s <= d.free:
+                if now + est[j] <= d.shadow:
+                    self.start_phys(d, j, now)
+                elif s <= d.extra:
+                    d.extra -= s
+                    self.start_phys(d, j, now)
+                else:
+                    continue
+            elif s <= len(d.idle_vms):
+                self.start_vms(d, j, now)
+            else:
+                continue
+            if started is None:
+                started = set()
+            started.add(j)
+        if started:
+            d.queue = [j for j in d.queue if j not in started]
+
+    def _full_pass(self, d: Domain, now: float) -> None:
+        q = d.queue
+        n = len(q)
+        size, est = d.size, d.est
+        i = 0
+        while i < n:
+            j = q[i]
+            s = size[j]
+            if s <= d.free:
+                self.start_phys(d, j, now)
+            elif s <= len(d.idle_vms):
+                self.start_vms(d, j, now)
+            else:
+                break
+            i += 1
+        if i == n:
+            d.queue = []
+            d.valid = True
+            d.shadow = INF
+            d.extra = 0
+            return
+        head = q[i]
+        hs = size[head]
+        free = d.free
+        avail = free
+        shadow = INF
+        extra = 0
+        if hs <= d.capacity - d.lent:
+            for e, j in d.run_phys:
+                avail += size[j]
+                if avail >= hs:
+                    shadow = e
+                    extra = avail - hs
+                    break
+        rest = [head]
+        idle_vms = d.idle_vms
+        for k in range(i + 1, n):
+            if d.free == 0 and not idle_vms:
+                rest.extend(q[k:])
+                break
+            j = q[k]
+            s = size[j]
+            if s <= d.free:
+                if now + est[j] <= shadow:
+                    self.start_phys(d, j, now)
+                    continue
+                if s <= extra:
+                    extra -= s
+                    self.start_phys(d, j, now)
+                    continue
+            if s <= len(idle_vms):
+                self.start_vms(d, j, now)
+                continue
+            rest.append(j)
+        d.queue = rest
+        d.shadow = shadow
+        d.extra = extra
+        d.valid = True
+
+    # -- broker -------------------------------------------------------------------------
+    def loans_of(self, lender: Domain) -> list[VM]:
+        return [vm for b in self.domains if b is not lender for vm in b.vms.values()
+                if vm.lender == lender.index and vm.state != HALTING]
+
+    def broker_round(self, now: float) -> None:
+        abs_now = self.cfg.epoch + now
+        domains = self.domains
+        # leases that ended
+        for d in domains:
+            terms = d.policy.reclamation.terms
+            if terms.mode is Mode.LEASE and d.lent:
+                loans = self.loans_of(d)
+                due = set(d.policy.reclamation.expired(
+                    [Loan(vm.id, domains[vm.borrower].name, vm.started) for vm in loans], now))
+                for vm in loans:
+                    if vm.id in due:
+                        self.halt(vm, now)
+        intents = [(d, d.policy.intent(d.state(), abs_now)) for d in domains]
+        for d, intent in intents:
+            if intent.action is Action.RETURN and intent.nodes > 0:
+                for vm in list(d.idle_vms[-intent.nodes:]):
+                    self.halt(vm, now)
+            elif intent.action is Action.RECLAIM:
+                loans = [vm for vm in self.loans_of(d) if vm.state != DRAINING]
+                by_id = {vm.id: vm for vm in loans}
+                plan = d.policy.reclamation.plan(
+                    [Loan(vm.id, domains[vm.borrower].name, vm.started,
+                          vm.busy_since if vm.job >= 0 else None) for vm in loans],
+                    intent.nodes, now)
+                for vid in plan.now:
+                    self.halt(by_id[vid], now)
+                for vid in plan.drain:
+                    self.drain(by_id[vid], now)
+        borrowers = [(d, i.nodes) for d, i in intents if i.action is Action.BORROW]
+        lenders = [d for d, i in intents if i.action is Action.LEND]
+        if not borrowers or not lenders:
+            return
+        borrowers.sort(key=lambda x: (-x[1], x[0].index))
+        for b, wanted in borrowers:
+            for lender in lenders:
+                if wanted <= 0:
+                    break
+                pol = lender.policy
+                offer = pol.lending.offerable(lender.state(), abs_now, peer=b.name, tz=pol.tz)
+                if offer <= 0:
+                    continue
+                verdict = b.policy.borrowing.accepts(
+                    lender.host, pol.reclamation.terms, b.active_vms, abs_now, b.policy.tz)
+                if not verdict:
+                    continue
+                count = min(offer, wanted)
+                cap = b.policy.borrowing.max_borrowed
+                if cap is not None:
+                    count = min(count, cap - b.active_vms)
+                if count > 0:
+                    self.lend(lender, b, count, now)
+                    wanted -= count
+
+    def sample(self, now: float) -> None:
+        for d in self.domains:
+            d.series.append((
+                now, d.waiting_nodes + d.running_nodes, d.waiting_nodes, d.running_nodes,
+                len(d.vms), d.lent, d.window_done,
+                d.window_resp / d.window_done if d.window_done else float("nan"),
+            ))
+            d.window_done = 0
+            d.window_resp = 0.0
+
+    # -- main loop ----------------------------------------------------------------------
+    def run(self) -> RunResult:
+        domains = self.domains
+        heap = self.heap
+        cfg = self.cfg
+        interval = cfg.interval
+        next_tick = interval
+        # next submission over all domains, as a small heap of (time, domain)
+        subs = [(d.submit[0], d.index) for d in domains if len(d.w)]
+        heapq.heapify(subs)
+        for d in domains:
+            if len(d.w):
+                d.stats.first_submit = d.submit[0]
+        progress = self.progress
+        reported = 0
+        total = self.total_jobs
+        stalled = 0
+        while self.finished < total:
+            t = INF
+            if heap:
+                t = heap[0][0]
+            if subs and subs[0][0] < t:
+                t = subs[0][0]
+            if next_tick <= t:
+                if t == INF:
+                    stalled += 1
+                    if stalled > 100_000:
+                        raise RuntimeError("simulation stalled: jobs wait that nothing can start")
+                t = next_tick
+                self.now = t
+                if cfg.sharing:
+                    self.broker_round(t)
+                self.sample(t)
+                next_tick += interval
+                for d in domains:
+                    if d.dirty:
+                        self.schedule(d, t)
+                if self.on_check:
+                    self.on_check(self)
+                continue
+            self.now = t
+            # timed events at t
+            while heap and heap[0][0] <= t:
+                _, _, kind, di, a, b = heapq.heappop(heap)
+                self.events += 1
+                d = domains[di]
+                if kind == END:
+                    if d.attempt[a] == b and d.start[a] >= 0:
+                        self.finish(d, a, t)
+                elif kind == VM_UP:
+                    self.vm_up(a)
+                else:
+                    self.vm_down(a, t)
+            # submissions at t
+            while subs and subs[0][0] <= t:
+                _, di = heapq.heappop(subs)
+                d = domains[di]
+                sub = d.submit
+                k = d.next_submit
+                n = len(sub)
+                while k < n and sub[k] <= t:
+                    d.queue.append(k)
+                    d.new_jobs.append(k)
+                    d.waiting_nodes += d.size[k]
+                    k += 1
+                    self.events += 1
+                d.next_submit = k
+                d.dirty = True
+                if k < n:
+                    heapq.heappush(subs, (sub[k], di))
+            for d in domains:
+                if d.dirty:
+                    self.schedule(d, t)
+            if self.on_check:
+                self.on_check(self)
+            if progress is not None and self.finished - reported >= 2000:
+                progress(self.finished - reported)
+                reported = self.finished
+        if progress is not None and self.finished > reported:
+            progress(self.finished - reported)
+        end = self.now
+        for d in domains:
+            d.count_to(end)
+        self.sample(end)
+        return RunResult(cfg.sharing, domains, self.events, end)

@@ -1,0 +1,95 @@
+"""Named scenarios: the built-in demo and the paper's three trace scenarios (Figs. 5, 6, 7)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from broker.errors import TraceError
+from broker.simulator.swf import read_swf
+from broker.simulator.synthetic import BurstSpec, synthetic_workload
+from broker.simulator.workload import Workload, from_trace
+
+REPO = Path(__file__).resolve().parents[2]
+CTC = "CTC-SP2.swf.gz"
+OSC = "OSC-Clust.swf.gz"
+
+
+def default_traces_dir() -> Path:
+    env = os.environ.get("VIOCLUSTER_TRACES")
+    return Path(env) if env else REPO.parent / "shared" / "traces"
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """Domain ``name`` replays ``trace`` (a file name) from ``start_day`` to ``end_day``."""
+
+    name: str
+    trace: str
+    capacity: int | None = None
+    start_day: float | None = None
+    end_day: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    name: str
+    title: str
+    sections: tuple[Section, ...] = ()
+
+
+# OSC: 57 machines (32 quad + 25 dual processors). At 178 processor slots its cleaned log never
+# queues a job, so the presets give it 57 node slots (its header MaxNodes): see docs/simulator.md.
+PRESETS = {
+    "demo": Preset("demo", "Synthetic workload (Lublin-Feitelson with bursts)"),
+    "osc-ctc": Preset(
+        "osc-ctc",
+        "OSC against CTC (paper Fig. 5)",
+        (Section("osc", OSC, 57), Section("ctc", CTC, 338)),
+    ),
+    "osc-osc": Preset(
+        "osc-osc",
+        "Two sections of OSC whose spikes coincide (paper Fig. 6)",
+        (Section("osc1", OSC, 57, 120, 210), Section("osc2", OSC, 57, 470, 560)),
+    ),
+    "ctc-ctc": Preset(
+        "ctc-ctc",
+        "Two low-demand sections of CTC (paper Fig. 7)",
+        (Section("ctc1", CTC, 338, 0, 60), Section("ctc2", CTC, 338, 180, 240)),
+    ),
+}
+
+
+def demo_workloads(seed: int) -> list[Workload]:
+    """Two 64-node domains for 30 days: ``alpha`` bursty, ``beta`` steady and lighter."""
+    alpha = synthetic_workload(
+        "alpha", 64, seed,
+        BurstSpec(load=0.35, days=30, burst_every_s=5 * 86400, burst_len_s=6 * 3600,
+                  burst_factor=6),
+    )
+    beta = synthetic_workload(
+        "beta", 64, seed + 1000,
+        BurstSpec(load=0.30, days=30, burst_every_s=10**12, burst_len_s=0, burst_factor=1),
+    )
+    return [alpha, beta]
+
+
+def preset_workloads(name: str, traces: Path | None, seed: int) -> tuple[Preset, list[Workload]]:
+    preset = PRESETS[name]
+    if name == "demo":
+        return preset, demo_workloads(seed)
+    folder = traces or default_traces_dir()
+    cache = {}
+    out = []
+    for sec in preset.sections:
+        path = folder / sec.trace
+        if not path.is_file():
+            raise TraceError(
+                f"preset {name} needs {sec.trace} in {folder}; give --traces DIR or set "
+                "VIOCLUSTER_TRACES (the Parallel Workloads Archive distributes the file)"
+            )
+        if path not in cache:
+            cache[path] = read_swf(path)
+        out.append(from_trace(sec.name, cache[path], sec.capacity, sec.start_day, sec.end_day))
+    return preset, out

@@ -1,0 +1,86 @@
+"""Run a scenario with and without sharing (in two processes) and collect the results."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from broker.policy import DomainPolicy
+from broker.simulator.engine import SimConfig, Simulation
+from broker.simulator.metrics import run_summary, series_rows
+from broker.simulator.workload import Workload
+
+
+@dataclass(slots=True)
+class RunOutput:
+    sharing: bool
+    summary: dict[str, dict]
+    series: dict[str, list[tuple]]
+    wall_s: float
+    jobs: int
+    events: int
+    daily: dict[str, dict[int, list[float]]]  # domain -> submit day -> [jobs, sum response]
+
+    @property
+    def jobs_per_s(self) -> float:
+        return self.jobs / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def run_once(
+    workloads: Sequence[Workload],
+    policies: Sequence[DomainPolicy],
+    config: SimConfig,
+    progress: Callable[[int], None] | None = None,
+) -> RunOutput:
+    t0 = time.perf_counter()
+    sim = Simulation(workloads, policies, config, progress=progress)
+    result = sim.run()
+    wall = time.perf_counter() - t0
+    return RunOutput(config.sharing, run_summary(result), series_rows(result), wall,
+                     sim.total_jobs, result.events,
+                     {d.name: d.stats.by_submit_day for d in result.domains})
+
+
+def _child(conn, workloads, policies, config) -> None:
+    try:
+        conn.send(("ok", run_once(workloads, policies, config)))
+    except BaseException as exc:  # pragma: no cover - reported by the parent
+        conn.send(("error", repr(exc)))
+    finally:
+        conn.close()
+
+
+def run_scenario(
+    workloads: Sequence[Workload],
+    policies: Sequence[DomainPolicy],
+    config: SimConfig,
+    both: bool = True,
+    progress: Callable[[int], None] | None = None,
+    parallel: bool = True,
+) -> list[RunOutput]:
+    """The sharing run (unless ``config.sharing`` is False) and, if ``both``, the no-sharing one.
+
+    With ``parallel`` the no-sharing run goes to a forked child process while this process runs
+    the sharing one (two cores, two runs).
+    """
+    if not config.sharing:
+        return [run_once(workloads, policies, config, progress)]
+    alone = replace(config, sharing=False)
+    if not both:
+        return [run_once(workloads, policies, config, progress)]
+    if parallel and "fork" in mp.get_all_start_methods():
+        ctx = mp.get_context("fork")
+        parent, child = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_child, args=(child, workloads, policies, alone))
+        proc.start()
+        child.close()
+        shared = run_once(workloads, policies, config, progress)
+        status, payload = parent.recv()
+        proc.join()
+        if status != "ok":
+            raise RuntimeError(f"no-sharing run failed: {payload}")
+        return [shared, payload]
+    return [run_once(workloads, policies, config, progress),
+            run_once(workloads, policies, alone)]

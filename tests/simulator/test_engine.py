@@ -1,0 +1,130 @@
+import math
+
+import pytest
+from sim_helpers import run_checked
+
+from broker.policy import DomainPolicy, LendingPolicy, Mode, ReclamationPolicy, Terms
+from broker.simulator.engine import SimConfig, Simulation
+from broker.simulator.metrics import run_summary
+from broker.simulator.presets import demo_workloads
+from broker.simulator.synthetic import BurstSpec, synthetic_workload
+from broker.simulator.workload import CapacityError, Workload
+
+
+def wl(name, cap, jobs):
+    """jobs: (submit, runtime, nodes[, estimate])"""
+    return Workload(
+        name, cap,
+        submit=[float(j[0]) for j in jobs], runtime=[float(j[1]) for j in jobs],
+        nodes=[j[2] for j in jobs], estimate=[float(j[3] if len(j) > 3 else j[1]) for j in jobs],
+    )
+
+
+def small_demo(seed=3, days=8):
+    a = synthetic_workload("a", 32, seed, BurstSpec(load=0.4, days=days,
+                                                    burst_every_s=2 * 86400, burst_factor=6))
+    b = synthetic_workload("b", 32, seed + 1, BurstSpec(load=0.25, days=days,
+                                                        burst_every_s=3 * 86400))
+    return [a, b]
+
+
+def test_borrow_run_on_vms_slower_then_preempt_and_rerun():
+    # B: a 4-node job holds all its nodes, a 2-node job waits; A is idle until t=4000
+    a = wl("a", 4, [(4000, 100, 4)])
+    b = wl("b", 4, [(0, 10000, 4), (1, 5000, 2)])
+    sim = Simulation([a, b], config=SimConfig())
+    result, finished = run_checked(sim)
+    da, db = result.domains
+    # t=3600: A lends half of its 4 idle nodes; VMs up at 3640; job 1 runs 15 % slower on them
+    # t=7200: A needs its nodes for its 4-node job: reclaims at once, job 1 is preempted
+    # t=7216: nodes back after the halt delay; A's job runs; t=10000: B's job 0 ends and
+    # job 1 restarts from zero on physical nodes (physical preferred), ending at 15000
+    assert da.start[0] == 7216 and da.end[0] == 7316
+    assert db.end[1] == 15000 and db.start[1] == 10000
+    assert db.attempt[1] == 1
+    s = run_summary(result)
+    assert s["b"]["preemptions"] == 1
+    assert s["b"]["lost_node_seconds"] == pytest.approx(2 * (7200 - 3640))
+    assert db.stats.borrowed_node_seconds == 2 * (7216 - 3600)
+    assert s["b"]["borrowed_node_hours"] == pytest.approx(2 * (7216 - 3600) / 3600, abs=1e-3)
+    assert s["a"]["lent_node_hours"] == s["b"]["borrowed_node_hours"]
+    assert all(c == 1 for c in finished.values()) and len(finished) == 3
+
+
+def test_vm_slowdown_applies_to_jobs_on_vms():
+    a = wl("a", 4, [])
+    b = wl("b", 4, [(0, 10000, 4), (1, 1000, 2)])
+    result, _ = run_checked(Simulation([a, b], config=SimConfig(slowdown=0.15)))
+    db = result.domains[1]
+    assert db.start[1] == 3640 and db.end[1] == pytest.approx(3640 + 1150)
+
+
+def test_no_sharing_never_trades():
+    a = wl("a", 4, [])
+    b = wl("b", 4, [(0, 10000, 4), (1, 1000, 2)])
+    result, _ = run_checked(Simulation([a, b], config=SimConfig(sharing=False)))
+    assert result.domains[1].start[1] == 10000
+    assert all(d.stats.borrowed_node_seconds == 0 for d in result.domains)
+
+
+def test_easy_backfills_without_delaying_the_head():
+    # 4 nodes: job0 uses 3 until 100; job1 (4 nodes) must wait until 100;
+    # job2 (1 node, 50 s) backfills now; job3 (1 node, 500 s) would delay job1: waits
+    w = wl("x", 4, [(0, 100, 3), (1, 10, 4), (2, 50, 1), (3, 500, 1)])
+    result, _ = run_checked(Simulation([w], config=SimConfig(sharing=False)))
+    d = result.domains[0]
+    assert d.start[2] == 2
+    assert d.start[1] == 100
+    assert d.start[3] == 110
+
+
+def test_capacity_below_largest_job_is_refused():
+    with pytest.raises(CapacityError, match="capacity 2 is below its largest job"):
+        Simulation([wl("x", 2, [(0, 10, 3)])])
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_invariants_hold_under_every_reclamation_mode(mode):
+    terms = Terms(mode, lease_s=7200, per_interval=2)
+    policy = DomainPolicy(reclamation=ReclamationPolicy(terms))
+    workloads = small_demo()
+    sim = Simulation(workloads, [policy, policy], SimConfig(interval=1800))
+    result, finished = run_checked(sim)
+    total = sum(len(w) for w in workloads)
+    # every job finishes exactly once
+    assert len(finished) == total and set(finished.values()) == {1}
+    for d in result.domains:
+        assert all(e >= 0 for e in d.end)
+        assert all(d.end[j] >= d.submit[j] + d.run[j] for j in range(len(d.w)))
+    borrowed = sum(d.stats.borrowed_node_seconds for d in result.domains)
+    lent = sum(d.stats.lent_node_seconds for d in result.domains)
+    assert borrowed > 0 and math.isclose(borrowed, lent)
+    preempted = [(d, j) for d in result.domains for j in range(len(d.w)) if d.attempt[j]]
+    if mode is Mode.DRAIN:
+        assert not preempted
+    if mode in (Mode.IMMEDIATE, Mode.GRADUAL):
+        assert preempted  # and each of them reran to the end
+        assert all(d.end[j] >= 0 and d.start[j] >= 0 for d, j in preempted)
+
+
+def test_same_seed_same_results_other_seed_differs():
+    def once(seed):
+        result = Simulation(demo_workloads(seed), config=SimConfig()).run()
+        return run_summary(result), repr([d.series for d in result.domains])
+
+    first, again, other = once(7), once(7), once(8)
+    assert first == again
+    assert first[0] != other[0]
+
+
+def test_lending_policy_limits_are_obeyed():
+    stingy = DomainPolicy(lending=LendingPolicy(max_lent=3))
+    workloads = small_demo(seed=5)
+    seen = []
+    sim = Simulation(workloads, [stingy, stingy], SimConfig(interval=1800))
+    sim.on_check = lambda s: seen.append(max(d.lent for d in s.domains))
+    sim.run()
+    assert max(seen) == 3
+    closed = DomainPolicy(lending=LendingPolicy(enabled=False))
+    result = Simulation(small_demo(seed=5), [closed, closed], SimConfig()).run()
+    assert all(d.stats.lent_node_seconds == 0 for d in result.domains)
