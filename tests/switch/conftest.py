@@ -1,0 +1,1 @@
+"""Switch tests: pytest puts this folder on sys.path, so violin_netlab imports as a module."""
