@@ -64,9 +64,15 @@ class Terms:
 @dataclass(frozen=True)
 class HostOffer:
     """One lending host as measured at offer time: CPUs, free memory, free disk for COWs
-    (whole GB), its site label and the round-trip time to it (ms, None if not measured)."""
+    (whole GB), its site label and the round-trip time to it (ms, None if not measured).
+
+    ``address`` is where the borrower's playbook reaches the host over SSH and ``account`` the
+    unprivileged account the lender's administrator made there for the borrowing domain.
+    """
 
     name: str
+    address: str
+    account: str
     cpus: int
     memory_mb: int
     disk_gb: int
@@ -335,7 +341,7 @@ def _terms(value: Any, kind: str) -> Terms:
 def _host_offers(value: Any, kind: str) -> tuple[HostOffer, ...]:
     items = _list({"hosts": value}, "hosts", kind, minimum=1)
     hosts = []
-    keys = {"name", "cpus", "memory_mb", "disk_gb", "site", "rtt_ms"}
+    keys = {"name", "address", "account", "cpus", "memory_mb", "disk_gb", "site", "rtt_ms"}
     for i, item in enumerate(items):
         where = f"{kind}.hosts[{i}]"
         obj = _object(item, where, keys, keys - {"rtt_ms"})
@@ -345,6 +351,8 @@ def _host_offers(value: Any, kind: str) -> tuple[HostOffer, ...]:
         hosts.append(
             HostOffer(
                 name=_name(obj, "name", where),
+                address=_name(obj, "address", where),
+                account=_name(obj, "account", where),
                 cpus=_int(obj, "cpus", where, 1, 4096),
                 memory_mb=_int(obj, "memory_mb", where, 0, 1 << 30),
                 disk_gb=_int(obj, "disk_gb", where, 0, 1 << 30),

@@ -23,7 +23,7 @@ ALL = [
     m.Request(id="m-1", sender="a", recipient="b", sent_at=1.0, contract_id="a-c1", nodes=2),
     m.Offer(
         id="m-2", sender="b", recipient="a", sent_at=2.0, contract_id="a-c1",
-        hosts=(m.HostOffer("h1", 2, 2048, 10, "site-b", 0.4), m.HostOffer("h2", 1, 512, 3, "site-b")),
+        hosts=(m.HostOffer("h1", "10.204.1.1", "vbka", 2, 2048, 10, "site-b", 0.4), m.HostOffer("h2", "10.204.1.2", "vbka", 1, 512, 3, "site-b")),
     ),
     m.Accept(id="m-3", sender="a", recipient="b", sent_at=3.0, contract_id="a-c1", hosts=("h1",)),
     m.Decline(id="m-4", sender="b", recipient="a", sent_at=4.0, contract_id="a-c1", reason="busy"),

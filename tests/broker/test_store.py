@@ -26,7 +26,7 @@ def test_wal_mode_and_a_contract_survives_reopening(tmp_path):
     c = _new(store)
     c, t = c.advance(
         S.AGREED, 2.0, "offer accepted",
-        offered=(HostOffer("h1", 2, 1024, 5, "site-b", 0.3),), nodes=(("h1", "a-vc1-0"),),
+        offered=(HostOffer("h1", "10.204.1.1", "vbka", 2, 1024, 5, "site-b", 0.3),), nodes=(("h1", "a-vc1-0"),),
     )
     store.save(c, t)
     store.close()

@@ -1,0 +1,73 @@
+"""Running a scheduler's command-line tools, with an optional prefix and environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.errors import ConfigError
+from broker.scheduler.base import SchedulerError
+
+
+@dataclass(frozen=True)
+class CommandRunner:
+    """``prefix`` goes before every command (for example ``ssh head`` or ``nsenter --net=...``);
+    ``env`` is added to the broker's environment (for example ``SLURM_CONF``)."""
+
+    prefix: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    timeout: float = 30.0
+
+    def run(self, *args: str, check: bool = True) -> str:
+        argv = [*self.prefix, *args]
+        try:
+            proc = subprocess.run(
+                argv,
+                env=dict(os.environ, **self.env),
+                capture_output=True,
+                text=True,
+                timeout=self.timeout,
+                stdin=subprocess.DEVNULL,
+            )
+        except FileNotFoundError:
+            raise SchedulerError(
+                f"{argv[0]}: command not found; install the scheduler's client tools on the "
+                "broker's host or set scheduler.command_prefix"
+            ) from None
+        except subprocess.TimeoutExpired:
+            raise SchedulerError(f"{' '.join(args)}: no answer in {self.timeout:g} s") from None
+        if check and proc.returncode != 0:
+            said = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+            raise SchedulerError(
+                f"{' '.join(args)} failed (status {proc.returncode}): "
+                f"{said[-1] if said else 'no message'}"
+            )
+        return proc.stdout
+
+
+def runner_from_options(options: dict[str, Any], source: str) -> CommandRunner:
+    """Pop ``command_prefix``, ``env`` and ``timeout_s`` from ``options``, checking them."""
+    prefix = options.pop("command_prefix", [])
+    if not isinstance(prefix, list) or not all(isinstance(p, str) for p in prefix):
+        raise ConfigError(f"{source}.command_prefix: expected a list of strings, got {prefix!r}")
+    env = options.pop("env", {})
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise ConfigError(f"{source}.env: expected a mapping of strings to strings")
+    timeout = options.pop("timeout_s", 30)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ConfigError(f"{source}.timeout_s: expected a number > 0, got {timeout!r}")
+    return CommandRunner(tuple(prefix), env, float(timeout))
+
+
+def reject_unknown(options: dict[str, Any], source: str, allowed: Sequence[str]) -> None:
+    extra = sorted(set(options) - set(allowed))
+    if extra:
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(extra)}; allowed: "
+            f"kind, command_prefix, env, timeout_s, {', '.join(allowed)}"
+        )

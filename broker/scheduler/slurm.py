@@ -1,0 +1,230 @@
+"""Slurm 22.05 adapter.
+
+* Demand from ``squeue --json`` (data_parser v0.0.38, built into 22.05).
+* Nodes from ``sinfo -N``: physical nodes, those lent (drained with the reason
+  ``viocluster-lent:<contract>``) and those borrowed (feature ``borrowed``).
+* A borrowed VM joins by itself, as a dynamic node (``slurmd -Z --conf "... Feature=borrowed"``);
+  :meth:`SlurmAdapter.admit` waits for it and makes sure it carries the feature.
+* :meth:`SlurmAdapter.remove` marks the node down (batch jobs on it are requeued at once), waits
+  until no job runs there, then deletes the node. Only then may the VM be stopped: a node
+  daemon killed first leaves its jobs' processes behind and the node idle until
+  SlurmdTimeout.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+from broker.scheduler.base import (
+    Job,
+    Node,
+    RemoveResult,
+    SchedulerAdapter,
+    SchedulerError,
+    Snapshot,
+)
+from broker.scheduler.command import CommandRunner, reject_unknown, runner_from_options
+
+SINFO_FORMAT = "%N|%T|%f|%c|%m|%e|%E"
+_STATE_FLAGS = "*~#!%$@^-+"
+
+
+def _state(text: str) -> str:
+    return text.strip().lower().rstrip(_STATE_FLAGS).split("+")[0]
+
+
+def _int(text: str) -> int | None:
+    try:
+        return int(float(text))
+    except ValueError:
+        return None
+
+
+def parse_sinfo(text: str) -> tuple[Node, ...]:
+    """Nodes from ``sinfo -N -h -o SINFO_FORMAT`` (a node in two partitions is listed once)."""
+    nodes: dict[str, Node] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split("|")
+        if len(parts) != 7:
+            raise SchedulerError(f"sinfo: unexpected line {line!r}")
+        name, state, features, cpus, memory, free, reason = parts
+        if name in nodes:
+            continue
+        feats = () if features in ("(null)", "") else tuple(features.split(","))
+        nodes[name] = Node(
+            name=name,
+            state=_state(state),
+            features=feats,
+            cpus=_int(cpus) or 0,
+            memory_mb=_int(memory) or 0,
+            free_memory_mb=_int(free),
+            reason="" if reason == "none" else reason,
+        )
+    return tuple(nodes.values())
+
+
+_SCONTROL_KEY = re.compile(r"(?:^|\s)([A-Za-z]+)=")
+
+
+def parse_scontrol_node(text: str, name: str) -> Node | None:
+    """The node ``name`` from ``scontrol show node -o`` output, or None if it does not exist."""
+    for line in text.splitlines():
+        if not line.startswith(f"NodeName={name} "):
+            continue
+        keys = list(_SCONTROL_KEY.finditer(line))
+        fields: dict[str, str] = {}
+        for i, match in enumerate(keys):
+            end = keys[i + 1].start() if i + 1 < len(keys) else len(line)
+            fields[match.group(1)] = line[match.end():end].strip()
+        features = fields.get("AvailableFeatures", "(null)")
+        reason = fields.get("Reason", "")
+        return Node(
+            name=name,
+            state=_state(fields.get("State", "unknown")),
+            features=() if features in ("(null)", "") else tuple(features.split(",")),
+            cpus=_int(fields.get("CPUTot", "0")) or 0,
+            memory_mb=_int(fields.get("RealMemory", "0")) or 0,
+            free_memory_mb=_int(fields.get("FreeMem", "N/A")),
+            reason=reason.split(" [", 1)[0] if reason else "",
+        )
+    return None
+
+
+def _count(value: Any) -> int:
+    """A node count as 22.05 prints it (an int) or as later versions do ({set, number})."""
+    if isinstance(value, dict):
+        value = value.get("number", 0)
+    try:
+        return max(int(value), 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def parse_squeue_json(text: str) -> tuple[Job, ...]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SchedulerError(f"squeue --json printed no JSON ({exc.msg})") from None
+    jobs = []
+    for raw in data.get("jobs", []):
+        state = raw.get("job_state", "")
+        if isinstance(state, list):  # later Slurm versions: a list of flags
+            state = state[0] if state else ""
+        nodes_text = raw.get("nodes") or ""
+        jobs.append(
+            Job(
+                id=str(raw.get("job_id")),
+                state=str(state).lower(),
+                nodes=_count(raw.get("node_count", 0)),
+                node_list=tuple(n for n in str(nodes_text).split(",") if n),
+            )
+        )
+    return tuple(jobs)
+
+
+class SlurmAdapter(SchedulerAdapter):
+    """A Slurm domain, driven through its command-line tools."""
+
+    def __init__(
+        self,
+        runner: CommandRunner | None = None,
+        borrowed_feature: str = "borrowed",
+        lent_reason: str = "viocluster-lent",
+        poll_s: float = 0.1,
+    ) -> None:
+        self.run = (runner or CommandRunner()).run
+        self.borrowed_feature = borrowed_feature
+        self.lent_reason = lent_reason
+        self.poll_s = poll_s
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], source: str) -> SlurmAdapter:
+        options = dict(options)
+        runner = runner_from_options(options, source)
+        reject_unknown(options, source, ("borrowed_feature", "lent_reason"))
+        return cls(
+            runner,
+            borrowed_feature=str(options.get("borrowed_feature", "borrowed")),
+            lent_reason=str(options.get("lent_reason", "viocluster-lent")),
+        )
+
+    # ------------------------------------------------------------------ reading
+
+    def jobs(self) -> tuple[Job, ...]:
+        return parse_squeue_json(self.run("squeue", "--json"))
+
+    def nodes(self) -> tuple[Node, ...]:
+        return parse_sinfo(self.run("sinfo", "-N", "-h", "-o", SINFO_FORMAT))
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.jobs(), self.nodes(), self.borrowed_feature, self.lent_reason)
+
+    def _node(self, name: str) -> Node | None:
+        """One node from ``scontrol show node`` (sinfo hides nodes in no partition)."""
+        out = self.run("scontrol", "show", "node", "-o", name, check=False)
+        return parse_scontrol_node(out, name)
+
+    def _jobs_on(self, name: str) -> tuple[str, ...]:
+        out = self.run("squeue", "-h", "-t", "RUNNING,COMPLETING", "-w", name, "-o", "%i", check=False)
+        return tuple(out.split())
+
+    # ------------------------------------------------------------------ changing
+
+    def admit(self, node: str, timeout: float = 30.0) -> Node:
+        deadline = time.monotonic() + timeout
+        seen: Node | None = None
+        while time.monotonic() < deadline:
+            seen = self._node(node)
+            if seen is not None and seen.idle:
+                if self.borrowed_feature not in seen.features:
+                    features = ",".join((*seen.features, self.borrowed_feature))
+                    self.run(
+                        "scontrol", "update", f"nodename={node}",
+                        f"AvailableFeatures={features}", f"ActiveFeatures={features}",
+                    )
+                    seen = self._node(node) or seen
+                return seen
+            time.sleep(self.poll_s)
+        where = f"it is {seen.state}" if seen else "it never registered"
+        raise SchedulerError(
+            f"node {node} did not become idle within {timeout:g} s ({where}); check the VM's "
+            "console and its slurmd log"
+        )
+
+    def remove(self, node: str, reason: str, timeout: float = 30.0) -> RemoveResult:
+        if self._node(node) is None:
+            return RemoveResult(node, existed=False)
+        running = self._jobs_on(node)
+        self.run("scontrol", "update", f"nodename={node}", "state=down", f"reason={reason}")
+        deadline = time.monotonic() + timeout
+        while self._jobs_on(node):
+            if time.monotonic() > deadline:
+                raise SchedulerError(f"jobs still run on {node} {timeout:g} s after state=down")
+            time.sleep(self.poll_s)
+        last = ""
+        while True:
+            out = self.run("scontrol", "delete", f"nodename={node}", check=False)
+            if self._node(node) is None:
+                break
+            last = out.strip()
+            if time.monotonic() > deadline:
+                raise SchedulerError(f"scontrol delete nodename={node} refused: {last or 'busy'}")
+            time.sleep(self.poll_s)
+        return RemoveResult(node, requeued=running)
+
+    def lend(self, node: str, contract_id: str) -> None:
+        self.run(
+            "scontrol", "update", f"nodename={node}", "state=drain",
+            f"reason={self.lent_reason}:{contract_id}",
+        )
+
+    def unlend(self, node: str) -> None:
+        current = self._node(node)
+        if current is None or not current.reason.startswith(self.lent_reason):
+            return
+        self.run("scontrol", "update", f"nodename={node}", "state=resume")
