@@ -50,10 +50,12 @@ class DomainState:
     idle_borrowed: int = 0
 
     def __post_init__(self) -> None:
-        for name in self.__slots__:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"DomainState.{name} must be an int >= 0, not {value!r}")
+        values = (self.physical, self.lent, self.borrowed, self.waiting_nodes,
+                  self.running_nodes, self.busy_physical, self.idle_borrowed)
+        if not all(type(v) is int and v >= 0 for v in values):
+            for name, value in zip(self.__slots__, values):
+                if not isinstance(value, int) or value < 0:
+                    raise ValueError(f"DomainState.{name} must be an int >= 0, not {value!r}")
         if self.lent + self.busy_physical > self.physical:
             raise ValueError(
                 f"lent ({self.lent}) + busy_physical ({self.busy_physical}) exceed "

@@ -22,6 +22,8 @@ from bisect import bisect_left, insort
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from broker.policy import (
     Action,
     DomainPolicy,
@@ -33,6 +35,7 @@ from broker.policy import (
 from broker.simulator.workload import Workload
 
 INF = math.inf
+VECTOR_MIN = 48  # queues longer than this are scanned with numpy's help
 END, VM_UP, VM_DOWN = 0, 1, 2
 BOOTING, UP, DRAINING, HALTING = 0, 1, 2, 3
 
@@ -97,6 +100,8 @@ class Domain:
         self.size = workload.nodes
         self.run = workload.runtime
         self.est = workload.estimate
+        self.size_np = np.asarray(workload.nodes, dtype=np.int64)
+        self.est_np = np.asarray(workload.estimate, dtype=np.float64)
         self.submit = workload.submit
         self.next_submit = 0
         self.free = workload.capacity  # own physical nodes free (not busy, not lent)
@@ -395,37 +400,104 @@ class Simulation:
                     shadow = e
                     extra = avail - hs
                     break
-        rest = [head]
         idle_vms = d.idle_vms
-        for k in range(i + 1, n):
-            if d.free == 0 and not idle_vms:
-                rest.extend(q[k:])
-                break
-            j = q[k]
-            s = size[j]
-            if s <= d.free:
-                if now + est[j] <= shadow:
-                    self.start_phys(d, j, now)
+        if n - i - 1 > VECTOR_MIN:
+            rest = self._backfill_vector(d, q, i, now, shadow, extra)
+            extra = d.extra
+        else:
+            rest = [head]
+            for k in range(i + 1, n):
+                if d.free == 0 and not idle_vms:
+                    rest.extend(q[k:])
+                    break
+                j = q[k]
+                s = size[j]
+                if s <= d.free:
+                    if now + est[j] <= shadow:
+                        self.start_phys(d, j, now)
+                        continue
+                    if s <= extra:
+                        extra -= s
+                        self.start_phys(d, j, now)
+                        continue
+                if s <= len(idle_vms):
+                    self.start_vms(d, j, now)
                     continue
-                if s <= extra:
-                    extra -= s
-                    self.start_phys(d, j, now)
-                    continue
-            if s <= len(idle_vms):
-                self.start_vms(d, j, now)
-                continue
-            rest.append(j)
+                rest.append(j)
         d.queue = rest
         d.shadow = shadow
         d.extra = extra
         d.valid = True
+
+    def _backfill_vector(self, d: Domain, q: list[int], i: int, now: float, shadow: float,
+                         extra: int) -> list[int]:
+        """The backfill scan of a long queue: numpy finds the jobs that could start under the
+        state before the scan (a superset: nodes only get fewer as jobs start), then they are
+        tried in queue order exactly as the plain loop would."""
+        tail = q[i + 1:]
+        idle_vms = d.idle_vms
+        if d.free == 0 and not idle_vms:
+            d.extra = extra
+            return q[i:]
+        idx = np.array(tail, dtype=np.int64)
+        sz = d.size_np[idx]
+        mask = (sz <= d.free) & ((now + d.est_np[idx] <= shadow) | (sz <= extra))
+        if idle_vms:
+            mask |= sz <= len(idle_vms)
+        candidates = np.flatnonzero(mask)
+        if not candidates.size:
+            d.extra = extra
+            return q[i:]
+        size, est = d.size, d.est
+        started = set()
+        for c in candidates.tolist():
+            if d.free == 0 and not idle_vms:
+                break
+            j = tail[c]
+            s = size[j]
+            if s <= d.free:
+                if now + est[j] <= shadow:
+                    self.start_phys(d, j, now)
+                    started.add(j)
+                    continue
+                if s <= extra:
+                    extra -= s
+                    self.start_phys(d, j, now)
+                    started.add(j)
+                    continue
+            if s <= len(idle_vms):
+                self.start_vms(d, j, now)
+                started.add(j)
+        d.extra = extra
+        if not started:
+            return q[i:]
+        rest = [q[i]]
+        rest.extend(j for j in tail if j not in started)
+        return rest
 
     # -- broker -------------------------------------------------------------------------
     def loans_of(self, lender: Domain) -> list[VM]:
         return [vm for b in self.domains if b is not lender for vm in b.vms.values()
                 if vm.lender == lender.index and vm.state != HALTING]
 
+    def _nothing_to_trade(self) -> bool:
+        """True when no intent can be anything but HOLD or an unmatched LEND.
+
+        Only a domain with n_a > 0 can borrow or reclaim and only one with n_a < 0 and
+        borrowed VMs can return; leases end whatever the need. This skips the policy calls
+        in the many intervals where every domain is served by its own nodes.
+        """
+        for d in self.domains:
+            n = d.waiting_nodes + d.running_nodes - (d.capacity - d.lent + d.active_vms)
+            if n > 0 or (n < 0 and d.active_vms):
+                return False
+            if d.lent and d.policy.reclamation.terms.mode is Mode.LEASE:
+                return False
+        return True
+
     def broker_round(self, now: float) -> None:
+        if self._nothing_to_trade():
+            return
         abs_now = self.cfg.epoch + now
         domains = self.domains
         # leases that ended

@@ -128,3 +128,17 @@ def test_lending_policy_limits_are_obeyed():
     closed = DomainPolicy(lending=LendingPolicy(enabled=False))
     result = Simulation(small_demo(seed=5), [closed, closed], SimConfig()).run()
     assert all(d.stats.lent_node_seconds == 0 for d in result.domains)
+
+
+def test_numpy_backfill_scan_matches_the_plain_loop(monkeypatch):
+    import broker.simulator.engine as engine
+
+    def once(vector_min):
+        monkeypatch.setattr(engine, "VECTOR_MIN", vector_min)
+        workloads = small_demo(seed=11, days=10)
+        result, _ = run_checked(Simulation(workloads, config=SimConfig(interval=1800)))
+        return run_summary(result), [d.start for d in result.domains]
+
+    vector, plain = once(4), once(10**9)
+    assert vector == plain
+    assert max(len(w) for w in small_demo(seed=11, days=10)) > 4
