@@ -5,8 +5,10 @@
     proposed --> agreed --> provisioning --> active --> reclaiming --> closed
         |          |             |             |            |
         +----------+-------------+-------------+------------+--> failed
-    proposed --> closed   (declined, or expired before agreement)
-    agreed   --> closed   (cancelled before anything was provisioned)
+    proposed --> closed        (declined, or expired before agreement)
+    agreed   --> closed        (cancelled before anything was provisioned)
+    agreed, provisioning --> reclaiming   (taken back or given up before it was active:
+                                           what may have been started is stopped)
 
 ``closed`` and ``failed`` are final. A contract is changed only through
 :meth:`Contract.advance`, which returns the new contract and a :class:`Transition` record for
@@ -47,8 +49,8 @@ class Role(str, enum.Enum):
 S = ContractState
 ALLOWED: dict[ContractState, frozenset[ContractState]] = {
     S.PROPOSED: frozenset({S.AGREED, S.CLOSED, S.FAILED}),
-    S.AGREED: frozenset({S.PROVISIONING, S.CLOSED, S.FAILED}),
-    S.PROVISIONING: frozenset({S.ACTIVE, S.FAILED}),
+    S.AGREED: frozenset({S.PROVISIONING, S.RECLAIMING, S.CLOSED, S.FAILED}),
+    S.PROVISIONING: frozenset({S.ACTIVE, S.RECLAIMING, S.FAILED}),
     S.ACTIVE: frozenset({S.RECLAIMING, S.FAILED}),
     S.RECLAIMING: frozenset({S.CLOSED, S.FAILED}),
     S.CLOSED: frozenset(),

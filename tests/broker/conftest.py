@@ -12,29 +12,44 @@ import pytest
 from tests.broker import slurm_cluster
 
 
-@pytest.fixture(scope="session")
-def slurm():
-    """munged + slurmctld + slurmd n1, n2 in a network namespace made for this session."""
+def _cluster(name: str):
     if os.geteuid() != 0:
         pytest.skip("needs root: network namespace and Slurm daemons")
     missing = [t for t in ("munged", "slurmctld", "slurmd", "squeue", "nsenter") if not shutil.which(t)]
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed (see packaging/apt-packages.txt)")
-    cluster = slurm_cluster.start()
+    cluster = slurm_cluster.start(name=name)
     try:
         yield cluster
     finally:
         slurm_cluster.stop(cluster)
 
 
+@pytest.fixture(scope="session")
+def slurm():
+    """Domain A's Slurm: munged + slurmctld + slurmd n1, n2 in a namespace of its own."""
+    yield from _cluster("slurma")
+
+
+@pytest.fixture(scope="session")
+def slurm_b():
+    """Domain B's Slurm, a second independent cluster in another namespace."""
+    yield from _cluster("slurmb")
+
+
+def reset(cluster) -> None:
+    """Cancel every job, resume drained nodes, delete dynamic ones."""
+    cluster.run("scancel", "--full", "-u", "root", check=False)
+    for node in ("n1", "n2"):
+        if cluster.node_state(node) not in ("idle", "allocated", "mixed"):
+            cluster.run("scontrol", "update", f"nodename={node}", "state=resume", check=False)
+    cluster.wait("empty queue", lambda: not cluster.run("squeue", "-h").strip(), 30)
+
+
 @pytest.fixture
 def clean_queue(slurm):
-    """Cancel every job and resume every node the test left behind."""
     yield slurm
-    slurm.run("scancel", "--full", "-u", "root", check=False)
-    for node in ("n1", "n2"):
-        slurm.run("scontrol", "update", f"nodename={node}", "state=resume", check=False)
-    slurm.wait("empty queue", lambda: not slurm.run("squeue", "-h").strip(), 30)
+    reset(slurm)
 
 
 def free_port() -> int:

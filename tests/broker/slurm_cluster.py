@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SLURM_CONF = """\
-ClusterName=vbk
+ClusterName={name}
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort=6817
 SlurmdPort=6818
@@ -156,13 +156,13 @@ class SlurmCluster:
         return self.run("squeue", "-h", "-j", job, "-o", "%T", check=False).strip()
 
 
-def start(prefix: str = "vbk") -> SlurmCluster:
+def start(prefix: str = "vbk", name: str = "slurm") -> SlurmCluster:
     for tool in ("munged", "slurmctld", "slurmd", "squeue", "ip"):
         if shutil.which(tool) is None:
             raise ClusterError(f"{tool} not installed (packaging/apt-packages.txt lists it)")
-    base = Path(tempfile.mkdtemp(prefix=f"{prefix}-slurm-"))
+    base = Path(tempfile.mkdtemp(prefix=f"{prefix}-{name}-"))
     base.chmod(0o755)
-    ns = f"{prefix}-slurm-{os.getpid()}"
+    ns = f"{prefix}-{name}-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     cluster = SlurmCluster(ns=ns, dir=base)
     try:
@@ -180,7 +180,7 @@ def start(prefix: str = "vbk") -> SlurmCluster:
         for sub in ("ctld", "spool", "log"):
             (base / sub).mkdir()
         host = socket.gethostname()
-        (base / "slurm.conf").write_text(SLURM_CONF.format(host=host, dir=base))
+        (base / "slurm.conf").write_text(SLURM_CONF.format(host=host, dir=base, name=name.replace('-', '')[:30]))
         key = base / "munge.key"
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)

@@ -1,0 +1,723 @@
+"""The broker of one domain: negotiation, trades and repairs, around the policy objects.
+
+The policy (:mod:`broker.policy`) decides; this module observes (scheduler snapshot, clock),
+talks to peers, persists every contract step before acting on it, and drives the executor and
+the scheduler. Blocking work (scheduler commands, playbooks) runs in threads so the API keeps
+answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from typing import Any
+
+from aiohttp import web
+
+from broker.negotiation.contracts import (
+    Contract,
+    ContractState,
+    IllegalTransition,
+    Role,
+    vm_node_name,
+)
+from broker.negotiation.messages import (
+    Accept,
+    Decline,
+    Heartbeat,
+    HostOffer,
+    Message,
+    MessageError,
+    Needs,
+    Offer,
+    Reclaim,
+    Request,
+    Return,
+    Terms,
+    from_dict,
+    new_id,
+)
+from broker.policy import Action, HostProperties, Loan
+from broker.policy import Terms as PolicyTerms
+from broker.policy.reclamation import Mode
+from broker.provisioning import Executor
+from broker.scheduler import SchedulerAdapter, SchedulerError, Snapshot
+from broker.service import reconcile as rec
+from broker.service.client import PeerClient, Reply
+from broker.service.config import BrokerConfig, LendingHost
+from broker.service.metrics import Metrics
+from broker.service.probes import CommandProbe, ProbeError
+from broker.service.store import StaleContract, Store
+
+log = logging.getLogger("broker")
+S = ContractState
+_RTT = re.compile(r"time=([0-9.]+) ms")
+
+
+def measure_host(host: LendingHost, cpus: int, memory_mb: int, site: str) -> HostOffer:
+    """The host as it is now: CPUs and free memory (from the scheduler), free disk where the
+    COWs go (statvfs here, or ``df`` through ``measure_prefix``), and the RTT to it (ping)."""
+    disk_gb = 0
+    try:
+        if host.measure_prefix:
+            out = subprocess.run(
+                [*host.measure_prefix, "df", "-Pk", host.disk_path],
+                capture_output=True, text=True, timeout=10, check=True,
+            ).stdout.splitlines()
+            disk_gb = int(out[-1].split()[3]) // (1024 * 1024)
+        else:
+            disk_gb = shutil.disk_usage(host.disk_path).free // (1 << 30)
+    except (OSError, subprocess.SubprocessError, IndexError, ValueError) as exc:
+        log.warning("cannot measure free disk of %s at %s: %s", host.node, host.disk_path, exc)
+    rtt: float | None = None
+    try:
+        ping = subprocess.run(["ping", "-n", "-c", "1", "-W", "1", host.address],
+                              capture_output=True, text=True, timeout=5)
+        found = _RTT.search(ping.stdout)
+        rtt = float(found.group(1)) if found else None
+    except (OSError, subprocess.SubprocessError):
+        rtt = None
+    return HostOffer(host.node, host.address, host.account, max(cpus, 1), memory_mb, disk_gb,
+                     site, rtt)
+
+
+def _policy_terms(terms: Terms) -> PolicyTerms:
+    return PolicyTerms(Mode(terms.mode), terms.lease_s, terms.per_interval)
+
+
+def _wire_terms(terms: PolicyTerms) -> Terms:
+    return Terms(terms.mode.value, float(terms.lease_s), terms.per_interval)
+
+
+class Broker:
+    def __init__(
+        self,
+        config: BrokerConfig,
+        store: Store,
+        scheduler: SchedulerAdapter,
+        executor: Executor,
+        client: PeerClient,
+        vm_probe: CommandProbe | None = None,
+        switch_probe: CommandProbe | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.scheduler = scheduler
+        self.executor = executor
+        self.client = client
+        self.vm_probe = vm_probe
+        self.switch_probe = switch_probe
+        self.metrics = metrics or Metrics(config.domain)
+        self.clock = clock
+        self.policy = config.policy
+        self.busy: set[str] = set()  # contracts with an operation in flight
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.last_snapshot: Snapshot | None = None
+        self.last_intent: str = ""
+        self.peer_seen: dict[str, float] = {}
+        self.repairs: list[str] = []
+
+    # ================================================================== helpers
+
+    def _advance(self, c: Contract, to: ContractState, reason: str, **changes: Any) -> Contract:
+        new, t = c.advance(to, self.clock(), reason, **changes)
+        self.store.save(new, t)
+        log.info("contract %s (%s, peer %s): %s -> %s: %s", c.id, c.role.value, c.peer,
+                 c.state.value, to.value, reason)
+        self._count_contracts()
+        return new
+
+    def _count_contracts(self) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        for c in self.store.contracts():
+            key = (c.state.value, c.role.value)
+            counts[key] = counts.get(key, 0) + 1
+        self.metrics.set_contracts(counts)
+
+    def _msg(self, cls: type[Message], peer: str, **fields: Any) -> Any:
+        return cls(id=new_id("m"), sender=self.config.domain, recipient=peer,
+                   sent_at=self.clock(), **fields)
+
+    async def _send(self, peer_name: str, message: Message) -> Reply:
+        peer = self.config.peers.get(peer_name)
+        if peer is None:
+            return Reply(0, {"error": f"{peer_name} is not a configured peer"})
+        return await self.client.send(peer, message)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background step failed: %s", task.exception(), exc_info=task.exception())
+
+    def _vars(self, c: Contract) -> dict[str, Any]:
+        offered = {h.name: h for h in c.offered}
+        vms = []
+        for host, node in c.nodes:
+            h = offered.get(host)
+            vms.append({"name": node, "host": host,
+                        "address": h.address if h else host, "account": h.account if h else ""})
+        return {
+            "vbk_contract_id": c.id,
+            "vbk_role": c.role.value,
+            "vbk_borrower": c.borrower,
+            "vbk_lender": c.lender,
+            "vbk_vms": vms,
+            "vbk_needs": asdict(c.needs),
+        }
+
+    async def _snapshot(self) -> Snapshot:
+        snap = await asyncio.to_thread(self.scheduler.snapshot)
+        self.last_snapshot = snap
+        state = snap.domain_state()
+        self.metrics.demand.set(state.demand)
+        self.metrics.need.set(state.need)
+        for kind, value in (("physical", state.physical), ("lent", state.lent),
+                            ("borrowed", state.borrowed)):
+            self.metrics.nodes.labels(kind=kind).set(value)
+        return snap
+
+    # ================================================================== inbound messages
+
+    async def handle(self, m: Message) -> tuple[int, dict[str, Any]]:
+        """Answer one authenticated, validated message: (HTTP status, JSON body)."""
+        self.peer_seen[m.sender] = self.clock()
+        handler = {
+            Request: self.on_request, Accept: self.on_accept, Decline: self.on_decline,
+            Reclaim: self.on_reclaim, Return: self.on_return, Heartbeat: self.on_heartbeat,
+        }.get(type(m))
+        if handler is None:
+            return 400, {"error": f"{m.TYPE} is not sent to a broker unasked", "code": "unexpected"}
+        try:
+            return await handler(m)
+        except IllegalTransition as exc:
+            return 409, {"error": str(exc), "code": "illegal_transition"}
+        except StaleContract as exc:
+            return 409, {"error": str(exc), "code": "stale"}
+        except SchedulerError as exc:
+            return 503, {"error": f"scheduler: {exc}", "code": "scheduler"}
+
+    def _own(self, contract_id: str, role: Role, peer: str) -> Contract | None:
+        c = self.store.get(contract_id)
+        if c is None or c.role is not role or c.peer != peer:
+            return None
+        return c
+
+    @staticmethod
+    def _unknown(contract_id: str) -> tuple[int, dict[str, Any]]:
+        return 404, {"error": f"unknown contract {contract_id}", "code": "unknown_contract"}
+
+    async def on_request(self, m: Request) -> tuple[int, dict[str, Any]]:
+        existing = self.store.get(m.contract_id)
+        if existing is not None:
+            if existing.role is not Role.LENDER or existing.borrower != m.sender:
+                return 409, {"error": f"contract id {m.contract_id} is taken", "code": "id_taken"}
+            if existing.state is S.PROPOSED:
+                return 200, {"reply": self._msg(Offer, m.sender, contract_id=existing.id,
+                                                hosts=existing.offered, terms=existing.terms).to_dict()}
+            return 409, {"error": f"contract {existing.id} is {existing.state.value}",
+                         "code": "not_proposed"}
+        decline = self._msg(Decline, m.sender, contract_id=m.contract_id, reason="")
+        if not self.policy.lending.allows_peer(m.sender):
+            return 200, {"reply": replace(decline, reason="lending policy: peer not allowed").to_dict()}
+        now = self.clock()
+        snap = await self._snapshot()
+        state = snap.domain_state()
+        count = self.policy.lending.offerable(state, now, peer=m.sender, tz=self.policy.tz)
+        reserved = {h for c in self.store.contracts(open_only=True) if c.role is Role.LENDER
+                    for h in ([o.name for o in c.offered] if c.state is S.PROPOSED else c.host_names)}
+        pending = sum(1 for c in self.store.contracts(open_only=True)
+                      if c.role is Role.LENDER and c.state is S.PROPOSED for _ in c.offered)
+        count = min(count - pending, m.nodes)
+        idle = {n.name: n for n in snap.idle_physical}
+        hosts = [h for h in self.config.lending_hosts if h.node in idle and h.node not in reserved]
+        hosts = hosts[:max(count, 0)]
+        if not hosts:
+            why = f"lending policy offers {max(count, 0)} now" if count <= 0 else "no idle lending host"
+            return 200, {"reply": replace(decline, reason=why).to_dict()}
+        offers = []
+        for h in hosts:
+            node = idle[h.node]
+            memory = node.memory_mb
+            if node.free_memory_mb is not None:
+                memory = min(memory, node.free_memory_mb) if memory else node.free_memory_mb
+            offers.append(await asyncio.to_thread(measure_host, h, node.cpus, memory, self.config.site))
+        terms = _wire_terms(self.policy.reclamation.terms)
+        c, t = Contract.propose(m.contract_id, Role.LENDER, m.sender, self.config.domain,
+                                m.nodes, m.needs, terms, now)
+        c = replace(c, offered=tuple(offers))
+        self.store.create(c, t)
+        self._count_contracts()
+        log.info("offered %s to %s (contract %s)", ", ".join(o.name for o in offers), m.sender, c.id)
+        return 200, {"reply": self._msg(Offer, m.sender, contract_id=c.id, hosts=c.offered,
+                                        terms=terms).to_dict()}
+
+    async def on_accept(self, m: Accept) -> tuple[int, dict[str, Any]]:
+        c = self._own(m.contract_id, Role.LENDER, m.sender)
+        if c is None:
+            return self._unknown(m.contract_id)
+        if c.state is not S.PROPOSED:
+            if c.state is S.AGREED and c.host_names == m.hosts:
+                return 200, {"state": c.state.value, "nodes": [list(n) for n in c.nodes]}
+            return 409, {"error": f"contract {c.id} is {c.state.value}, not proposed",
+                         "code": "not_proposed"}
+        if self.clock() - c.created_at > self.config.offer_ttl_s:
+            self._advance(c, S.CLOSED, "offer expired before it was accepted")
+            return 409, {"error": f"offer {c.id} expired; ask again", "code": "expired"}
+        offered = {h.name for h in c.offered}
+        unknown = [h for h in m.hosts if h not in offered]
+        if unknown:
+            return 400, {"error": f"host(s) {', '.join(unknown)} were not offered in {c.id}",
+                         "code": "not_offered"}
+        nodes = tuple((h, vm_node_name(c.borrower, c.id, i)) for i, h in enumerate(m.hosts))
+        c = self._advance(c, S.AGREED, f"borrower accepted {', '.join(m.hosts)}", nodes=nodes)
+        for host in c.host_names:
+            await asyncio.to_thread(self.scheduler.lend, host, c.id)
+        return 200, {"state": c.state.value, "nodes": [list(n) for n in c.nodes]}
+
+    async def on_decline(self, m: Decline) -> tuple[int, dict[str, Any]]:
+        c = self.store.get(m.contract_id)
+        if c is None or c.peer != m.sender:
+            return self._unknown(m.contract_id)
+        if c.state is S.PROPOSED:
+            self._advance(c, S.CLOSED, f"declined by {m.sender}: {m.reason}")
+        return 200, {"state": self.store.get(c.id).state.value}  # type: ignore[union-attr]
+
+    async def on_reclaim(self, m: Reclaim) -> tuple[int, dict[str, Any]]:
+        """The lender takes its machines back: our nodes go down first (jobs requeued)."""
+        c = self._own(m.contract_id, Role.BORROWER, m.sender)
+        if c is None:
+            return self._unknown(m.contract_id)
+        if c.state.final:
+            return 200, {"state": c.state.value, "requeued": []}
+        if c.state is S.PROVISIONING or c.id in self.busy:
+            return 409, {"error": f"contract {c.id} is being provisioned; retry shortly",
+                         "code": "busy"}
+        self.busy.add(c.id)
+        try:
+            if c.state is S.PROPOSED:
+                c = self._advance(c, S.CLOSED, f"lender withdrew: {m.reason}")
+                return 200, {"state": c.state.value, "requeued": []}
+            if c.state is not S.RECLAIMING:
+                c = self._advance(c, S.RECLAIMING, f"lender reclaims: {m.reason}")
+            requeued = await self._release_borrowed(c)
+            c = self._advance(c, S.CLOSED, f"reclaimed by {m.sender}; requeued {len(requeued)} job(s)")
+            return 200, {"state": c.state.value, "requeued": requeued}
+        finally:
+            self.busy.discard(c.id)
+
+    async def on_return(self, m: Return) -> tuple[int, dict[str, Any]]:
+        """The borrower gives machines back: stop its VMs on our hosts, put them in service."""
+        c = self._own(m.contract_id, Role.LENDER, m.sender)
+        if c is None:
+            return self._unknown(m.contract_id)
+        if c.state.final:
+            return 200, {"state": c.state.value}
+        if c.state is S.PROPOSED:
+            c = self._advance(c, S.CLOSED, f"borrower withdrew: {m.reason}")
+            return 200, {"state": c.state.value}
+        if c.state is not S.RECLAIMING:
+            c = self._advance(c, S.RECLAIMING, f"returned by {m.sender}: {m.reason}")
+        if c.id not in self.busy:
+            self.busy.add(c.id)
+            self._spawn(self._finish_lender_release(c))
+        return 200, {"state": c.state.value}
+
+    async def on_heartbeat(self, m: Heartbeat) -> tuple[int, dict[str, Any]]:
+        """Follow the peer's view: the lender mirrors the borrower's provisioning progress;
+        either side releases what the other has already closed."""
+        for cid, peer_state in m.contracts:
+            c = self.store.get(cid)
+            if c is None or c.peer != m.sender or c.state.final or c.id in self.busy:
+                continue
+            if c.role is Role.LENDER:
+                if peer_state == "provisioning" and c.state is S.AGREED:
+                    self._advance(c, S.PROVISIONING, "borrower provisions")
+                elif peer_state == "active" and c.state in (S.AGREED, S.PROVISIONING):
+                    if c.state is S.AGREED:
+                        c = self._advance(c, S.PROVISIONING, "borrower provisions")
+                    self._advance(c, S.ACTIVE, "borrower's nodes are up")
+                elif peer_state in ("closed", "failed") and c.state is not S.PROPOSED:
+                    c = self._advance(c, S.RECLAIMING, f"borrower's contract is {peer_state}")
+                    self.busy.add(c.id)
+                    self._spawn(self._finish_lender_release(c))
+            elif peer_state in ("closed", "failed") and c.state in (S.ACTIVE, S.AGREED):
+                c = self._advance(c, S.RECLAIMING, f"lender's contract is {peer_state}")
+                self.busy.add(c.id)
+                self._spawn(self._finish_borrower_release(c, tell_lender=False))
+        mine = [[c.id, c.state.value] for c in self.store.contracts(peer=m.sender)]
+        return 200, {"contracts": mine}
+
+    # ================================================================== borrowing
+
+    async def borrow(self, wanted: int, borrowed: int) -> list[Contract]:
+        """Ask every peer for ``wanted`` nodes, take the offers that fit best, agree, provision."""
+        if wanted <= 0 or not self.config.peers:
+            return []
+        now = self.clock()
+        needs = Needs(**self.config.needs)
+        asks: list[tuple[str, Contract, Request]] = []
+        for name in sorted(self.config.peers):
+            c, t = Contract.propose(new_id(self.config.domain), Role.BORROWER, self.config.domain,
+                                    name, wanted, needs, Terms(), now)
+            self.store.create(c, t)
+            asks.append((name, c, self._msg(Request, name, contract_id=c.id, nodes=wanted,
+                                            needs=needs, terms=Terms())))
+        self._count_contracts()
+        log.info("need %d node(s): asking %s", wanted, ", ".join(a[0] for a in asks))
+        replies = await asyncio.gather(*(self._send(name, req) for name, _c, req in asks))
+        candidates: list[tuple[tuple[float, int, int], Contract, HostOffer, Offer]] = []
+        offers: dict[str, Offer] = {}
+        for (name, c, _req), reply in zip(asks, replies):
+            offer = self._reply_message(reply)
+            if not isinstance(offer, Offer) or offer.contract_id != c.id:
+                why = offer.reason if isinstance(offer, Decline) else (reply.error or "no offer")
+                self._advance(c, S.CLOSED, f"{name} did not offer: {why}")
+                continue
+            offers[c.id] = offer
+            for host in offer.hosts:
+                verdict = self.policy.borrowing.accepts(
+                    HostProperties(host.cpus, host.memory_mb, host.disk_gb),
+                    _policy_terms(offer.terms), borrowed, now, self.policy.tz)
+                if verdict.ok:
+                    rank = (host.rtt_ms if host.rtt_ms is not None else 1e9, -host.cpus, -host.memory_mb)
+                    candidates.append((rank, c, host, offer))
+                else:
+                    log.info("turned away %s of %s: %s", host.name, name, verdict.reason)
+        candidates.sort(key=lambda x: x[0])
+        chosen: dict[str, list[HostOffer]] = {}
+        for _rank, c, host, _offer in candidates[:wanted]:
+            chosen.setdefault(c.id, []).append(host)
+        agreed = []
+        for name, c, _req in asks:
+            if c.id not in offers:
+                continue
+            offer = offers[c.id]
+            hosts = chosen.get(c.id, [])
+            if not hosts:
+                self._advance(c, S.CLOSED, "no offered host fits the borrowing policy")
+                await self._send(name, self._msg(Decline, name, contract_id=c.id,
+                                                 reason="no offered host fits"))
+                continue
+            nodes = tuple((h.name, vm_node_name(self.config.domain, c.id, i)) for i, h in enumerate(hosts))
+            c = self._advance(c, S.AGREED, f"accepting {', '.join(h.name for h in hosts)} from {name}",
+                              offered=offer.hosts, terms=offer.terms, nodes=nodes)
+            reply = await self._send(name, self._msg(Accept, name, contract_id=c.id,
+                                                     hosts=tuple(h.name for h in hosts)))
+            if not reply.ok:
+                self._advance(c, S.CLOSED, f"{name} refused the acceptance: {reply.error}")
+                continue
+            agreed.append(c)
+            self.busy.add(c.id)
+            self._spawn(self.provision(c))
+        return agreed
+
+    @staticmethod
+    def _reply_message(reply: Reply) -> Message | None:
+        if not reply.ok or not isinstance(reply.body.get("reply"), dict):
+            return None
+        try:
+            return from_dict(reply.body["reply"])
+        except MessageError as exc:
+            log.warning("peer's reply is not a valid message: %s", exc.reason)
+            return None
+
+    async def provision(self, c: Contract) -> Contract:
+        """borrow.yml, then admit each VM to our scheduler; on failure roll back, mark failed."""
+        self.busy.add(c.id)
+        try:
+            agreed_at = c.updated_at
+            c = self._advance(c, S.PROVISIONING, "running the borrow playbook")
+            await self.heartbeat(c.lender)
+            variables = self._vars(c)
+            result = await asyncio.to_thread(self.executor.provision, variables, c.id)
+            self.metrics.playbooks.labels(playbook="borrow", result="ok" if result.ok else "failed").inc()
+            if not result.ok:
+                c = self._advance(c, S.FAILED, f"borrow playbook: {result.summary()}")
+                await self._send(c.lender, self._msg(Return, c.lender, contract_id=c.id,
+                                                     reason="provisioning failed"))
+                return c
+            try:
+                for node in c.node_names:
+                    await asyncio.to_thread(self.scheduler.admit, node,
+                                            self.config.executor.admit_timeout_s)
+            except SchedulerError as exc:
+                await self._release_borrowed(c)
+                undo = await asyncio.to_thread(self.executor.reclaim,
+                                               {**variables, "vbk_rollback": True}, c.id)
+                c = self._advance(c, S.FAILED, f"admission failed: {exc}; "
+                                  f"rollback {'done' if undo.ok else 'FAILED'}")
+                await self._send(c.lender, self._msg(Return, c.lender, contract_id=c.id,
+                                                     reason="admission failed"))
+                return c
+            c = self._advance(c, S.ACTIVE, f"{', '.join(c.node_names)} idle in the scheduler")
+            self.metrics.trade_seconds.observe(self.clock() - agreed_at)
+            await self.heartbeat(c.lender)
+            return c
+        finally:
+            self.busy.discard(c.id)
+
+    async def _release_borrowed(self, c: Contract) -> list[str]:
+        """Our side of ending a loan: each node down (jobs requeued), then deleted; switch
+        peers no other contract needs are removed."""
+        requeued: list[str] = []
+        for node in c.node_names:
+            result = await asyncio.to_thread(self.scheduler.remove, node, f"viocluster-reclaim:{c.id}")
+            requeued.extend(result.requeued)
+        if self.switch_probe is not None and self.switch_probe.enabled:
+            keep = {h.address for o in self.store.contracts(open_only=True)
+                    if o.id != c.id and o.role is Role.BORROWER for h in o.offered
+                    if h.name in o.host_names}
+            for h in c.offered:
+                if h.name in c.host_names and h.address not in keep:
+                    try:
+                        await asyncio.to_thread(self.switch_probe.remove, h.address)
+                    except ProbeError as exc:
+                        log.warning("%s", exc)
+        return requeued
+
+    async def give_back(self, c: Contract, reason: str) -> Contract:
+        """Return borrowed machines: nodes out of our scheduler, then tell the lender."""
+        self.busy.add(c.id)
+        c = self._advance(c, S.RECLAIMING, f"returning: {reason}")
+        return await self._finish_borrower_release(c, tell_lender=True)
+
+    async def _finish_borrower_release(self, c: Contract, tell_lender: bool) -> Contract:
+        self.busy.add(c.id)
+        try:
+            await self._release_borrowed(c)
+            if tell_lender:
+                reply = await self._send(c.lender, self._msg(Return, c.lender, contract_id=c.id,
+                                                             reason="returned"))
+                if not reply.ok:
+                    log.warning("contract %s: lender has not taken the return yet (%s); will retry",
+                                c.id, reply.error)
+                    return c
+            return self._advance(c, S.CLOSED, "returned to the lender")
+        finally:
+            self.busy.discard(c.id)
+
+    # ================================================================== lending
+
+    async def reclaim(self, c: Contract, reason: str) -> Contract:
+        """Take lent machines back: the borrower requeues first, then the VMs are killed."""
+        self.busy.add(c.id)
+        start = time.monotonic()
+        if c.state is not S.RECLAIMING:
+            c = self._advance(c, S.RECLAIMING, reason)
+        reply = await self._send(c.borrower, self._msg(Reclaim, c.borrower, contract_id=c.id,
+                                                       reason=reason))
+        if not reply.ok:
+            log.warning("contract %s: borrower did not confirm the reclaim (%s); stopping the "
+                        "VMs anyway", c.id, reply.error)
+        c = await self._finish_lender_release(c)
+        self.metrics.reclaim_seconds.observe(time.monotonic() - start)
+        return c
+
+    async def _finish_lender_release(self, c: Contract) -> Contract:
+        self.busy.add(c.id)
+        try:
+            result = await asyncio.to_thread(self.executor.reclaim, self._vars(c), c.id)
+            self.metrics.playbooks.labels(playbook="reclaim", result="ok" if result.ok else "failed").inc()
+            for host in c.host_names:
+                await asyncio.to_thread(self.scheduler.unlend, host)
+            if not result.ok:
+                return self._advance(c, S.FAILED, f"reclaim playbook: {result.summary()}")
+            return self._advance(c, S.CLOSED, "VMs stopped, hosts back in service")
+        finally:
+            self.busy.discard(c.id)
+
+    # ================================================================== the interval
+
+    async def tick(self) -> None:
+        now = self.clock()
+        snap = await self._snapshot()
+        state = snap.domain_state()
+        intent = self.policy.intent(state, now)
+        self.last_intent = f"{intent.action.value} {intent.nodes}".strip()
+        open_ = [c for c in self.store.contracts(open_only=True) if c.id not in self.busy]
+
+        for c in open_:  # offers and requests nobody answered
+            if c.state is S.PROPOSED and now - c.created_at > self.config.offer_ttl_s:
+                self._advance(c, S.CLOSED, "expired without agreement")
+        lent = [c for c in open_ if c.role is Role.LENDER and c.state is S.ACTIVE]
+        loans = [Loan(c.id, c.borrower, c.updated_at) for c in lent]
+        by_id = {c.id: c for c in lent}
+        for cid in self.policy.reclamation.expired(loans, now):
+            self._spawn(self.reclaim(by_id[str(cid)], "lease ended"))
+            by_id.pop(str(cid))
+        if intent.action is Action.RECLAIM:
+            plan = self.policy.reclamation.plan([l for l in loans if l.id in by_id], intent.nodes, now)
+            for cid in (*plan.now, *plan.drain):
+                self._spawn(self.reclaim(by_id[str(cid)], f"own demand needs {intent.nodes} node(s)"))
+        elif intent.action is Action.BORROW:
+            pending = [c for c in self.store.contracts(open_only=True) if c.role is Role.BORROWER
+                       and c.state in (S.PROPOSED, S.AGREED, S.PROVISIONING)]
+            if not pending:
+                await self.borrow(intent.nodes, state.borrowed)
+        elif intent.action is Action.RETURN:
+            left = intent.nodes
+            for c in open_:
+                if left <= 0:
+                    break
+                if c.role is Role.BORROWER and c.state is S.ACTIVE:
+                    nodes = [snap.node(n) for n in c.node_names]
+                    if all(n is not None and n.idle for n in nodes) and len(nodes) <= left:
+                        left -= len(nodes)
+                        self._spawn(self.give_back(c, "idle, and our own nodes suffice"))
+        for c in open_:
+            if c.state is S.RECLAIMING and c.id not in self.busy:
+                self.busy.add(c.id)
+                self._spawn(self._finish_reclaim(c))
+        for peer in self.config.peers:
+            await self.heartbeat(peer)
+
+    async def heartbeat(self, peer: str) -> None:
+        mine = tuple((c.id, c.state.value) for c in self.store.contracts(open_only=True, peer=peer))
+        if mine:
+            await self._send(peer, self._msg(Heartbeat, peer, contracts=mine))
+
+    async def _finish_reclaim(self, c: Contract) -> Contract:
+        if c.role is Role.BORROWER:
+            return await self._finish_borrower_release(c, tell_lender=True)
+        return await self.reclaim(c, c.reason or "finishing an interrupted reclaim")
+
+    # ================================================================== reconciliation
+
+    async def reconcile(self, starting: bool = True) -> list[rec.Action]:
+        """Compare contracts with what runs, and repair the difference."""
+        snap = await self._snapshot()
+        vms = switch = None
+        try:
+            if self.vm_probe is not None:
+                vms = await asyncio.to_thread(self.vm_probe.list)
+            if self.switch_probe is not None:
+                switch = await asyncio.to_thread(self.switch_probe.list)
+        except ProbeError as exc:
+            log.error("reconciliation cannot see everything: %s", exc)
+        observed = rec.Observed(
+            borrowed_nodes=frozenset(n.name for n in snap.borrowed),
+            lent_nodes=frozenset(n.name for n in snap.lent),
+            vms=vms,
+            switch_peers=switch,
+        )
+        actions = rec.plan(self.store.contracts(), observed, starting=starting)
+        for action in actions:
+            log.warning("reconcile: %s", action)
+            self.repairs.append(str(action))
+            self.metrics.repairs.labels(kind=action.kind).inc()
+            try:
+                await self._repair(action)
+            except (SchedulerError, ProbeError, IllegalTransition, StaleContract) as exc:
+                log.error("reconcile: %s failed: %s", action, exc)
+        return actions
+
+    async def _repair(self, a: rec.Action) -> None:
+        c = self.store.get(a.contract_id) if a.contract_id else None
+        if a.kind == "remove_node":
+            await asyncio.to_thread(self.scheduler.remove, a.target, "viocluster-orphan")
+        elif a.kind == "unlend":
+            await asyncio.to_thread(self.scheduler.unlend, a.target)
+        elif a.kind == "relend" and c is not None:
+            await asyncio.to_thread(self.scheduler.lend, a.target, c.id)
+        elif a.kind == "kill_vm" and self.vm_probe is not None:
+            await asyncio.to_thread(self.vm_probe.remove, a.target)
+        elif a.kind == "remove_peer" and self.switch_probe is not None:
+            await asyncio.to_thread(self.switch_probe.remove, a.target)
+        elif a.kind == "expire" and c is not None:
+            self._advance(c, S.CLOSED, "broker restarted before agreement")
+            await self._send(c.peer, self._msg(Decline, c.peer, contract_id=c.id,
+                                               reason="broker restarted before agreement"))
+        elif a.kind == "rollback" and c is not None:
+            await self._release_borrowed(c)
+            undo = await asyncio.to_thread(self.executor.reclaim,
+                                           {**self._vars(c), "vbk_rollback": True}, c.id)
+            self._advance(c, S.FAILED, "broker restarted during provisioning; rolled back"
+                          + ("" if undo.ok else " (rollback playbook FAILED)"))
+            await self._send(c.lender, self._msg(Return, c.lender, contract_id=c.id,
+                                                 reason="provisioning interrupted"))
+        elif a.kind == "provision" and c is not None:
+            self.busy.add(c.id)
+            self._spawn(self.provision(c))
+        elif a.kind == "finish_reclaim" and c is not None:
+            self.busy.add(c.id)
+            self._spawn(self._finish_reclaim(c))
+        elif a.kind == "vanished" and c is not None:
+            self.busy.add(c.id)
+            self._spawn(self.give_back(c, f"node(s) {a.target} vanished from the scheduler"))
+
+    # ================================================================== status
+
+    def status(self) -> dict[str, Any]:
+        snap = self.last_snapshot
+        state = snap.domain_state() if snap else None
+        contracts = self.store.contracts()
+        return {
+            "domain": self.config.domain,
+            "time": self.clock(),
+            "demand": state.demand if state else None,
+            "need": state.need if state else None,
+            "physical": state.physical if state else None,
+            "lent": [n.name for n in snap.lent] if snap else [],
+            "borrowed": [n.name for n in snap.borrowed] if snap else [],
+            "intent": self.last_intent,
+            "peers": {p: {"last_seen": self.peer_seen.get(p)} for p in self.config.peers},
+            "contracts": [
+                {"id": c.id, "role": c.role.value, "peer": c.peer, "state": c.state.value,
+                 "nodes": list(c.node_names), "updated_at": c.updated_at, "reason": c.reason}
+                for c in contracts
+            ],
+            "repairs": self.repairs[-20:],
+        }
+
+    async def drain(self) -> None:
+        """Wait for the steps in flight (tests and a clean stop use it)."""
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+
+async def serve(broker: Broker, stop: asyncio.Event, server_ssl: Any) -> None:
+    """Reconcile, open the API and the status listener, run the interval until ``stop``."""
+    from broker.service.api import peer_app, status_app
+
+    await broker.reconcile(starting=True)
+    runners = []
+    peer_runner = web.AppRunner(peer_app(broker), access_log=None)
+    await peer_runner.setup()
+    await web.TCPSite(peer_runner, broker.config.listen.host, broker.config.listen.port,
+                      ssl_context=server_ssl).start()
+    runners.append(peer_runner)
+    if broker.config.status_listen is not None:
+        status_runner = web.AppRunner(status_app(broker), access_log=None)
+        await status_runner.setup()
+        await web.TCPSite(status_runner, broker.config.status_listen.host,
+                          broker.config.status_listen.port).start()
+        runners.append(status_runner)
+    log.info("broker %s listening on %s:%d", broker.config.domain, broker.config.listen.host,
+             broker.config.listen.port)
+    try:
+        while not stop.is_set():
+            try:
+                await broker.tick()
+            except Exception as exc:  # keep serving: one bad interval is logged, not fatal
+                log.error("interval failed: %s", exc, exc_info=True)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=broker.config.interval_s)
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        await broker.client.close()

@@ -1,0 +1,292 @@
+"""The broker's service config file (YAML), read and checked in one place.
+
+Every wrong key, type or value raises :class:`~broker.errors.ConfigError` naming the key by its
+path (``peers.b.fingerprint``), what was given and what is expected. docs/broker.md shows a
+complete example.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from broker.errors import ConfigError
+from broker.negotiation.messages import NAME_RE
+from broker.policy import DomainPolicy, load_policy, parse_policy
+from broker.service.tls import TlsFiles
+
+FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+TOP_KEYS = {
+    "domain", "site", "state_dir", "listen", "status_listen", "tls", "peers", "policy",
+    "interval_s", "request_timeout_s", "offer_ttl_s", "needs", "scheduler", "lending",
+    "executor", "probes",
+}
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    url: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class LendingHost:
+    """One of our own nodes we may lend: its scheduler node name and how to reach it."""
+
+    node: str
+    address: str
+    account: str
+    disk_path: str = "/var/lib/viocluster"
+    measure_prefix: tuple[str, ...] = ()  # empty: the host is this machine (measure here)
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    playbook_dir: Path
+    borrow_playbook: str = "borrow.yml"
+    reclaim_playbook: str = "reclaim.yml"
+    inventory: str | None = None
+    extravars: dict[str, Any] = field(default_factory=dict)
+    timeout_s: float = 300.0
+    admit_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Commands that list what runs (one name a line) and remove one (``{name}`` replaced)."""
+
+    list: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.list)
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    source: str
+    domain: str
+    site: str
+    state_dir: Path
+    listen: Listen
+    status_listen: Listen | None
+    tls: TlsFiles
+    peers: dict[str, Peer]
+    policy: DomainPolicy
+    interval_s: float
+    request_timeout_s: float
+    offer_ttl_s: float
+    needs: dict[str, int]
+    scheduler: dict[str, Any]
+    lending_hosts: tuple[LendingHost, ...]
+    executor: ExecutorConfig
+    vm_probe: ProbeConfig
+    switch_probe: ProbeConfig
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "contracts.db"
+
+    def peer_by_fingerprint(self, fingerprint: str) -> Peer | None:
+        for peer in self.peers.values():
+            if peer.fingerprint == fingerprint:
+                return peer
+        return None
+
+
+class _Reader:
+    def __init__(self, source: str, base: Path) -> None:
+        self.source = source
+        self.base = base
+
+    def fail(self, path: str, msg: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {path}: {msg}")
+
+    def mapping(self, raw: Any, path: str, keys: set[str], required: set[str] = set()) -> dict:
+        if not isinstance(raw, dict):
+            raise self.fail(path, f"expected a mapping, got {type(raw).__name__}")
+        extra = sorted(set(raw) - keys)
+        if extra:
+            raise self.fail(path, f"unknown key(s) {', '.join(map(str, extra))}; allowed: {', '.join(sorted(keys))}")
+        missing = sorted(required - set(raw))
+        if missing:
+            raise self.fail(path, f"missing key(s) {', '.join(missing)}")
+        return raw
+
+    def name(self, raw: Any, path: str) -> str:
+        if not isinstance(raw, str) or not NAME_RE.match(raw):
+            raise self.fail(path, f"got {raw!r}; expected a name of letters, digits, '.', '_', '-'")
+        return raw
+
+    def text(self, raw: Any, path: str) -> str:
+        if not isinstance(raw, str) or not raw:
+            raise self.fail(path, f"got {raw!r}; expected a non-empty string")
+        return raw
+
+    def number(self, raw: Any, path: str, minimum: float = 0.0) -> float:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw <= minimum:
+            raise self.fail(path, f"got {raw!r}; expected a number > {minimum:g}")
+        return float(raw)
+
+    def path(self, raw: Any, path: str) -> Path:
+        p = Path(self.text(raw, path)).expanduser()
+        return p if p.is_absolute() else (self.base / p)
+
+    def listen(self, raw: Any, path: str) -> Listen:
+        obj = self.mapping(raw, path, {"host", "port"}, {"host", "port"})
+        port = obj["port"]
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise self.fail(f"{path}.port", f"got {port!r}; expected 0..65535")
+        return Listen(self.text(obj["host"], f"{path}.host"), port)
+
+    def commands(self, raw: Any, path: str) -> tuple[str, ...]:
+        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+            raise self.fail(path, f"expected a command as a list of strings, got {raw!r}")
+        return tuple(raw)
+
+
+def load_config(path: Path | str) -> BrokerConfig:
+    """Read and check the broker config at ``path``."""
+    path = Path(path)
+    source = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such file; pass the broker's config with --config") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_config(raw, source, path.parent)
+
+
+def parse_config(raw: Any, source: str, base: Path) -> BrokerConfig:
+    r = _Reader(source, base)
+    top = r.mapping(raw, "(top)", TOP_KEYS, {"domain", "state_dir", "listen", "tls", "peers"})
+    domain = r.name(top["domain"], "domain")
+
+    tls_raw = r.mapping(top["tls"], "tls", {"cert", "key", "ca"}, {"cert", "key", "ca"})
+    tls = TlsFiles(*(r.path(tls_raw[k], f"tls.{k}") for k in ("cert", "key", "ca")))
+
+    peers: dict[str, Peer] = {}
+    peers_raw = r.mapping(top["peers"], "peers", set(top["peers"]) if isinstance(top["peers"], dict) else set())
+    for name, value in peers_raw.items():
+        where = f"peers.{name}"
+        r.name(name, where)
+        if name == domain:
+            raise r.fail(where, "a broker cannot be its own peer")
+        obj = r.mapping(value, where, {"url", "fingerprint"}, {"url", "fingerprint"})
+        url = r.text(obj["url"], f"{where}.url")
+        if not url.startswith("https://"):
+            raise r.fail(f"{where}.url", f"got {url!r}; peers are reached over https://")
+        fp = obj["fingerprint"]
+        if not isinstance(fp, str) or not FINGERPRINT_RE.match(fp):
+            raise r.fail(
+                f"{where}.fingerprint",
+                f"got {fp!r}; expected 'sha256:' and 64 lower-case hex digits "
+                "(`viocluster broker certs` prints it)",
+            )
+        peers[name] = Peer(name, url.rstrip("/"), fp)
+    fps = [p.fingerprint for p in peers.values()]
+    if len(set(fps)) != len(fps):
+        raise r.fail("peers", "two peers are pinned to the same certificate")
+
+    policy_raw = top.get("policy")
+    if policy_raw is None:
+        policy = DomainPolicy()
+    elif isinstance(policy_raw, str):
+        policy = load_policy(r.path(policy_raw, "policy"))
+    elif isinstance(policy_raw, dict):
+        policy = parse_policy(policy_raw, f"{source}: policy")
+    else:
+        raise r.fail("policy", "expected a path to a policy file or a mapping")
+
+    needs_raw = r.mapping(top.get("needs", {}), "needs", {"cpus", "memory_mb", "disk_gb"})
+    needs = {"cpus": 1, "memory_mb": 0, "disk_gb": 0}
+    for key, value in needs_raw.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise r.fail(f"needs.{key}", f"got {value!r}; expected an integer >= 0")
+        needs[key] = value
+
+    scheduler = top.get("scheduler", {"kind": "slurm"})
+    r.mapping(scheduler, "scheduler", set(scheduler) if isinstance(scheduler, dict) else set())
+
+    lending_raw = r.mapping(top.get("lending", {}), "lending", {"hosts"})
+    hosts = []
+    for i, item in enumerate(lending_raw.get("hosts", []) or []):
+        where = f"lending.hosts[{i}]"
+        obj = r.mapping(item, where, {"node", "address", "account", "disk_path", "measure_prefix"},
+                        {"node", "address", "account"})
+        hosts.append(
+            LendingHost(
+                node=r.name(obj["node"], f"{where}.node"),
+                address=r.name(obj["address"], f"{where}.address"),
+                account=r.name(obj["account"], f"{where}.account"),
+                disk_path=r.text(obj.get("disk_path", "/var/lib/viocluster"), f"{where}.disk_path"),
+                measure_prefix=r.commands(obj.get("measure_prefix", []), f"{where}.measure_prefix"),
+            )
+        )
+    if len({h.node for h in hosts}) != len(hosts):
+        raise r.fail("lending.hosts", "a node is listed twice")
+
+    ex_keys = {"playbook_dir", "borrow_playbook", "reclaim_playbook", "inventory", "extravars",
+               "timeout_s", "admit_timeout_s"}
+    ex = r.mapping(top.get("executor", {}), "executor", ex_keys)
+    extravars = ex.get("extravars", {})
+    if not isinstance(extravars, dict):
+        raise r.fail("executor.extravars", "expected a mapping")
+    executor = ExecutorConfig(
+        playbook_dir=r.path(ex.get("playbook_dir", "playbooks"), "executor.playbook_dir"),
+        borrow_playbook=r.text(ex.get("borrow_playbook", "borrow.yml"), "executor.borrow_playbook"),
+        reclaim_playbook=r.text(ex.get("reclaim_playbook", "reclaim.yml"), "executor.reclaim_playbook"),
+        inventory=str(r.path(ex["inventory"], "executor.inventory")) if ex.get("inventory") else None,
+        extravars=extravars,
+        timeout_s=r.number(ex.get("timeout_s", 300), "executor.timeout_s"),
+        admit_timeout_s=r.number(ex.get("admit_timeout_s", 60), "executor.admit_timeout_s"),
+    )
+
+    probes = r.mapping(top.get("probes", {}), "probes", {"vms", "switch"})
+    found = {}
+    for kind in ("vms", "switch"):
+        obj = r.mapping(probes.get(kind, {}), f"probes.{kind}", {"list", "remove"})
+        found[kind] = ProbeConfig(
+            list=r.commands(obj.get("list", []), f"probes.{kind}.list"),
+            remove=r.commands(obj.get("remove", []), f"probes.{kind}.remove"),
+        )
+        if found[kind].enabled and not found[kind].remove:
+            raise r.fail(f"probes.{kind}", "a probe that lists must also say how to remove")
+
+    return BrokerConfig(
+        source=source,
+        domain=domain,
+        site=r.name(top.get("site", domain), "site"),
+        state_dir=r.path(top["state_dir"], "state_dir"),
+        listen=r.listen(top["listen"], "listen"),
+        status_listen=r.listen(top["status_listen"], "status_listen") if top.get("status_listen") else None,
+        tls=tls,
+        peers=peers,
+        policy=policy,
+        interval_s=r.number(top.get("interval_s", 10), "interval_s"),
+        request_timeout_s=r.number(top.get("request_timeout_s", 5), "request_timeout_s"),
+        offer_ttl_s=r.number(top.get("offer_ttl_s", 60), "offer_ttl_s"),
+        needs=needs,
+        scheduler=dict(scheduler),
+        lending_hosts=tuple(hosts),
+        executor=executor,
+        vm_probe=found["vms"],
+        switch_probe=found["switch"],
+    )

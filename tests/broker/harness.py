@@ -1,0 +1,106 @@
+"""Certificates, configs and stand-in playbooks for broker tests."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from broker.service.tls import KeyPair, fingerprint_pem, make_ca, make_domain_cert
+
+HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Pki:
+    dir: Path
+    fingerprints: dict[str, str]
+
+    def files(self, domain: str) -> dict[str, str]:
+        return {"cert": str(self.dir / f"{domain}.crt"), "key": str(self.dir / f"{domain}.key"),
+                "ca": str(self.dir / "ca.crt")}
+
+
+def make_pki(dir: Path, domains: tuple[str, ...] = ("a", "b", "c")) -> Pki:
+    """One deployment CA signing every domain in ``domains``; plus ``x``, signed by a foreign CA."""
+    dir.mkdir(parents=True, exist_ok=True)
+    ca = make_ca("vbk-test")
+    (dir / "ca.crt").write_bytes(ca.cert_pem)
+    fps = {}
+    for d in domains:
+        pair = make_domain_cert(ca, d, ["127.0.0.1", "localhost"])
+        pair.write(dir / f"{d}.crt", dir / f"{d}.key")
+        fps[d] = fingerprint_pem(pair.cert_pem)
+    foreign = make_ca("vbk-foreign")
+    x: KeyPair = make_domain_cert(foreign, "a", ["127.0.0.1"])
+    x.write(dir / "x.crt", dir / "x.key")
+    fps["x"] = fingerprint_pem(x.cert_pem)
+    return Pki(dir, fps)
+
+
+def write_config(
+    path: Path,
+    domain: str,
+    port: int,
+    pki: Pki,
+    peers: dict[str, int],
+    cluster: Any,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """A broker config for ``domain`` whose scheduler is the test Slurm ``cluster``."""
+    config: dict[str, Any] = {
+        "domain": domain,
+        "site": f"site-{domain}",
+        "state_dir": str(path.parent / f"state-{domain}"),
+        "listen": {"host": "127.0.0.1", "port": port},
+        "tls": pki.files(domain),
+        "peers": {
+            name: {"url": f"https://127.0.0.1:{p}", "fingerprint": pki.fingerprints[name]}
+            for name, p in peers.items()
+        },
+        "interval_s": 1,
+        "request_timeout_s": 20,
+        "scheduler": {
+            "kind": "slurm",
+            "command_prefix": list(cluster.prefix),
+            "env": dict(cluster.env),
+        },
+        "lending": {
+            "hosts": [
+                {"node": n, "address": "127.0.0.1", "account": f"vbk{domain}", "disk_path": str(path.parent)}
+                for n in ("n1", "n2")
+            ]
+        },
+        "executor": {
+            "playbook_dir": str(HERE / "playbooks"),
+            "inventory": str(HERE / "playbooks" / "hosts.ini"),
+            "timeout_s": 120,
+            "admit_timeout_s": 30,
+        },
+    }
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def standin_vars(cluster: Any, state: Path) -> dict[str, Any]:
+    """Extra vars of the stand-in playbooks: where the borrower's Slurm is, where 'VMs' go."""
+    return {
+        "vbk_test_netns": cluster.ns,
+        "vbk_test_slurm_conf": cluster.env["SLURM_CONF"],
+        "vbk_test_piddir": str(cluster.dir),
+        "vbk_test_state": str(state),
+    }
