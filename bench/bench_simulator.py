@@ -4,8 +4,9 @@
 Prints wall seconds, jobs per second and peak memory (ru_maxrss of this process and of its
 children) for:
   1. the sharing run alone, in this process (trace reading included);
-  2. the whole command, `viocluster simulate --preset osc-ctc` (sharing and no-sharing in two
-     processes, summary, CSV and figures), in a subprocess.
+  2. the whole command, `viocluster simulate --domain osc=OSC:57 --domain ctc=CTC:338`
+     (sharing and no-sharing in two processes, summary, CSV and figures), in a subprocess.
+OSC gets 57 node slots and CTC 338, as in the presets (see docs/simulator.md).
 Skips, saying why, when the traces are absent (VIOCLUSTER_TRACES, default ../shared/traces).
 """
 
@@ -23,7 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from broker.simulator.engine import SimConfig, Simulation  # noqa: E402
-from broker.simulator.presets import CTC, OSC, default_traces_dir, preset_workloads  # noqa: E402
+from broker.simulator.presets import CTC, OSC, default_traces_dir  # noqa: E402
+from broker.simulator.swf import read_swf  # noqa: E402
+from broker.simulator.workload import from_trace  # noqa: E402
 
 
 def mib(kb: int) -> float:
@@ -42,7 +45,8 @@ def main() -> int:
           f"{load[2]:.2f}")
 
     t0 = time.perf_counter()
-    _, workloads = preset_workloads("osc-ctc", traces, seed=1)
+    workloads = [from_trace("osc", read_swf(traces / OSC), 57),
+                 from_trace("ctc", read_swf(traces / CTC), 338)]
     t1 = time.perf_counter()
     sim = Simulation(workloads, config=SimConfig(sharing=True))
     result = sim.run()
@@ -57,8 +61,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="vsim-bench-") as out:
         exe = Path(sys.executable).parent / "viocluster"
-        cmd = [str(exe), "simulate", "--preset", "osc-ctc", "--traces", str(traces),
-               "--out", out]
+        cmd = [str(exe), "simulate", "--domain", f"osc={traces / OSC}:57",
+               "--domain", f"ctc={traces / CTC}:338", "--out", out]
         t3 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         t4 = time.perf_counter()
@@ -66,8 +70,8 @@ def main() -> int:
             print(f"[2] viocluster simulate failed: {proc.stderr.strip()}")
             return 1
     child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print("[2] viocluster simulate --preset osc-ctc (sharing + no sharing in two processes, "
-          "summary, CSV, figures)")
+    print("[2] viocluster simulate --domain osc=OSC:57 --domain ctc=CTC:338 (sharing + no "
+          "sharing in two processes, summary, CSV, figures)")
     print(f"    wall {t4 - t3:.2f} s, {2 * jobs / (t4 - t3):,.0f} jobs/s over both runs")
     print(f"    peak memory (ru_maxrss, largest child): {mib(child_rss):.0f} MiB")
     load = os.getloadavg()
