@@ -56,9 +56,12 @@ def peer_app(broker: Broker) -> web.Application:
             return reject(403, f"unknown peer: certificate {fp} is not pinned by broker "
                                f"{broker.config.domain}; add it to peers in its config",
                           "unknown_peer")
-        body = await request.read()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            body = b"x" * (MAX_BODY + 1)
         if len(body) > MAX_BODY:
-            return reject(413, f"message is {len(body)} bytes; the limit is {MAX_BODY}", "too_large")
+            return reject(413, f"message is over {MAX_BODY} bytes, the limit", "too_large")
         try:
             message = decode(body)
         except MessageError as exc:
