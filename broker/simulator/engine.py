@@ -20,7 +20,7 @@ import heapq
 import math
 from bisect import bisect_left, insort
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -70,11 +70,8 @@ class VM:
 
 @dataclass(slots=True)
 class DomainStats:
-    jobs: int = 0
-    wait_sum: float = 0.0
-    response_sum: float = 0.0
-    bsld_sum: float = 0.0
-    responses: list[float] = field(default_factory=list)
+    """Counters kept while running; per-job figures come from Domain.start/end at the end."""
+
     preemptions: int = 0
     lost_node_seconds: float = 0.0
     busy_own_node_seconds: float = 0.0  # own nodes, own jobs or peers' jobs on lent VMs
@@ -82,7 +79,6 @@ class DomainStats:
     lent_node_seconds: float = 0.0
     first_submit: float = INF
     last_end: float = 0.0
-    by_submit_day: dict[int, list[float]] = field(default_factory=dict)  # day -> [n, sum resp]
 
 
 class Domain:
@@ -256,24 +252,10 @@ class Simulation:
         d.end[j] = now
         d.finished += 1
         self.finished += 1
-        st = d.stats
-        sub = d.submit[j]
-        resp = now - sub
-        st.jobs += 1
-        st.wait_sum += d.start[j] - sub
-        st.response_sum += resp
-        st.responses.append(resp)
-        st.bsld_sum += max(1.0, resp / max(d.run[j], 10.0))
-        cell = st.by_submit_day.get(int(sub // 86400.0))
-        if cell is None:
-            st.by_submit_day[int(sub // 86400.0)] = [1, resp]
-        else:
-            cell[0] += 1
-            cell[1] += resp
-        if now > st.last_end:
-            st.last_end = now
+        if now > d.stats.last_end:
+            d.stats.last_end = now
         d.window_done += 1
-        d.window_resp += resp
+        d.window_resp += now - d.submit[j]
 
     # -- VMs ----------------------------------------------------------------------------
     def lend(self, lender: Domain, borrower: Domain, count: int, now: float) -> None:
@@ -578,6 +560,9 @@ class Simulation:
         reported = 0
         total = self.total_jobs
         stalled = 0
+        heappop, heappush = heapq.heappop, heapq.heappush
+        finish, schedule, check = self.finish, self.schedule, self.on_check
+        events = 0
         while self.finished < total:
             t = INF
             if heap:
@@ -597,50 +582,52 @@ class Simulation:
                 next_tick += interval
                 for d in domains:
                     if d.dirty:
-                        self.schedule(d, t)
-                if self.on_check:
-                    self.on_check(self)
+                        schedule(d, t)
+                if check:
+                    check(self)
                 continue
             self.now = t
             # timed events at t
             while heap and heap[0][0] <= t:
-                _, _, kind, di, a, b = heapq.heappop(heap)
-                self.events += 1
+                _, _, kind, di, a, b = heappop(heap)
+                events += 1
                 d = domains[di]
                 if kind == END:
                     if d.attempt[a] == b and d.start[a] >= 0:
-                        self.finish(d, a, t)
+                        finish(d, a, t)
                 elif kind == VM_UP:
                     self.vm_up(a)
                 else:
                     self.vm_down(a, t)
             # submissions at t
             while subs and subs[0][0] <= t:
-                _, di = heapq.heappop(subs)
+                _, di = heappop(subs)
                 d = domains[di]
                 sub = d.submit
-                k = d.next_submit
+                k0 = k = d.next_submit
                 n = len(sub)
                 while k < n and sub[k] <= t:
-                    d.queue.append(k)
-                    d.new_jobs.append(k)
-                    d.waiting_nodes += d.size[k]
                     k += 1
-                    self.events += 1
+                arrived = range(k0, k)
+                d.queue.extend(arrived)
+                d.new_jobs.extend(arrived)
+                d.waiting_nodes += sum(d.size[k0:k])
+                events += k - k0
                 d.next_submit = k
                 d.dirty = True
                 if k < n:
-                    heapq.heappush(subs, (sub[k], di))
+                    heappush(subs, (sub[k], di))
             for d in domains:
                 if d.dirty:
-                    self.schedule(d, t)
-            if self.on_check:
-                self.on_check(self)
+                    schedule(d, t)
+            if check:
+                check(self)
             if progress is not None and self.finished - reported >= 2000:
                 progress(self.finished - reported)
                 reported = self.finished
         if progress is not None and self.finished > reported:
             progress(self.finished - reported)
+        self.events += events
         end = self.now
         for d in domains:
             d.count_to(end)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 from broker.policy import DomainPolicy
 from broker.simulator.engine import SimConfig, Simulation
-from broker.simulator.metrics import run_summary, series_rows
+from broker.simulator.metrics import daily_response, run_summary, series_rows
 from broker.simulator.workload import Workload
 
 
@@ -40,7 +40,7 @@ def run_once(
     wall = time.perf_counter() - t0
     return RunOutput(config.sharing, run_summary(result), series_rows(result), wall,
                      sim.total_jobs, result.events,
-                     {d.name: d.stats.by_submit_day for d in result.domains})
+                     {d.name: daily_response(d) for d in result.domains})
 
 
 def _child(conn, workloads, policies, config) -> None:
