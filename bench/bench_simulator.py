@@ -53,7 +53,8 @@ def main() -> int:
     t2 = time.perf_counter()
     jobs = sim.total_jobs
     self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"[1] sharing run, in process: {jobs} jobs ({', '.join(f'{w.name} {len(w)}' for w in workloads)})")
+    counts = ", ".join(f"{w.name} {len(w)}" for w in workloads)
+    print(f"[1] sharing run, in process: {jobs} jobs ({counts})")
     print(f"    read traces {t1 - t0:.2f} s, simulate {t2 - t1:.2f} s, wall {t2 - t0:.2f} s, "
           f"{jobs / (t2 - t0):,.0f} jobs/s (simulation alone {jobs / (t2 - t1):,.0f} jobs/s), "
           f"{result.events} events")

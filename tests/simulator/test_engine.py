@@ -3,7 +3,14 @@ import math
 import pytest
 from sim_helpers import run_checked
 
-from broker.policy import DomainPolicy, LendingPolicy, Mode, ReclamationPolicy, Terms
+from broker.policy import (
+    DomainPolicy,
+    LendingPolicy,
+    Mode,
+    ReclamationPolicy,
+    Terms,
+    parse_window,
+)
 from broker.simulator.engine import SimConfig, Simulation
 from broker.simulator.metrics import run_summary
 from broker.simulator.presets import demo_workloads
@@ -142,3 +149,41 @@ def test_numpy_backfill_scan_matches_the_plain_loop(monkeypatch):
     vector, plain = once(4), once(10**9)
     assert vector == plain
     assert max(len(w) for w in small_demo(seed=11, days=10)) > 4
+
+
+def test_lending_window_is_read_on_the_simulated_clock():
+    # epoch 0 = midnight UTC; the lender lends only in 03:00-03:59 of each day
+    lender = DomainPolicy(lending=LendingPolicy(windows=(parse_window("03:00-04:00"),)))
+    workloads = small_demo(seed=9, days=6)
+    sim = Simulation(workloads, [lender, lender], SimConfig(interval=1800, epoch=0.0))
+    grants = []
+    original = sim.lend
+
+    def lend(l, b, count, now):
+        grants.append(now)
+        original(l, b, count, now)
+
+    sim.lend = lend
+    sim.run()
+    assert grants
+    assert all(10800 <= t % 86400 < 14400 for t in grants)
+
+
+@pytest.mark.traces
+@pytest.mark.slow
+def test_whole_real_traces_sharing_run(traces):
+    from broker.simulator.swf import read_swf
+    from broker.simulator.workload import from_trace
+
+    workloads = [from_trace("osc", read_swf(traces / "OSC-Clust.swf.gz"), 57),
+                 from_trace("ctc", read_swf(traces / "CTC-SP2.swf.gz"), 338)]
+    sim = Simulation(workloads, config=SimConfig())
+    result = sim.run()
+    assert sim.finished == 77222 + 36097
+    for d in result.domains:
+        assert all(e >= 0 for e in d.end) and d.free + d.lent <= d.capacity
+    s = run_summary(result)
+    assert s["osc"]["jobs"] == 36097 and s["ctc"]["jobs"] == 77222
+    assert s["osc"]["lent_node_hours"] == pytest.approx(s["ctc"]["borrowed_node_hours"])
+    assert s["ctc"]["lent_node_hours"] == pytest.approx(s["osc"]["borrowed_node_hours"])
+    assert s["ctc"]["preemptions"] > 0
