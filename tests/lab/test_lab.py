@@ -1,0 +1,154 @@
+"""The one-machine lab, end to end: two domains up, site.yml twice, a job per domain, down.
+
+Real parts throughout: nspawn hosts with systemd, SSH, ansible-playbook (through
+ansible-runner), munge, slurmctld/slurmd, nfs-ganesha. Each phase's time is printed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ansible_runner
+import pytest
+import yaml
+
+from broker.lab import cli as labcli
+from broker.lab import hosts as labhosts
+from broker.lab import topology
+from broker.lab.rootfs import ensure_rootfs
+
+REPO = Path(__file__).resolve().parents[2]
+INVENTORY = REPO / "inventories" / "lab"
+
+pytestmark = [pytest.mark.lab, pytest.mark.root, pytest.mark.slow]
+
+
+def _site_has_role(role: str) -> bool:
+    plays = yaml.safe_load((REPO / "playbooks" / "site.yml").read_text())
+    return any(
+        (r.get("role") if isinstance(r, dict) else r) == role
+        for play in plays for r in play.get("roles", [])
+    )
+
+
+def ssh(plan: labhosts.Plan, host: str, command: str, timeout: float = 60) -> str:
+    target = next(h for h in plan.hosts if h.name == host)
+    proc = subprocess.run(
+        ["ssh", "-i", str(plan.key_file), "-o", "StrictHostKeyChecking=no",
+         "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
+         f"root@{target.ip}", command],
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False,
+    )
+    assert proc.returncode == 0, f"{host}: `{command}` failed: {proc.stderr or proc.stdout}"
+    return proc.stdout
+
+
+def run_site(tmp_path: Path, ident: str) -> ansible_runner.Runner:
+    (tmp_path / "runner").mkdir(exist_ok=True)
+    venv_bin = str(Path(sys.executable).parent)
+    if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):  # ansible-playbook's home
+        os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
+    runner = ansible_runner.run(
+        private_data_dir=str(tmp_path / "runner"),
+        project_dir=str(REPO),
+        playbook="playbooks/site.yml",
+        inventory=str(INVENTORY),
+        envvars={"ANSIBLE_CONFIG": str(REPO / "ansible.cfg")},
+        ident=ident,
+        quiet=True,
+    )
+    if runner.rc != 0:
+        tail = runner.stdout.read()[-5000:]
+        pytest.fail(f"site.yml ({ident}) failed, rc {runner.rc}:\n{tail}")
+    return runner
+
+
+@pytest.fixture(scope="module")
+def lab(as_root: None, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    if labhosts.Plan.load(topology.STATE_DIR) is not None:
+        pytest.fail(f"a lab is already up (state in {topology.STATE_DIR}); `viocluster lab down`")
+    times: dict[str, float] = {}
+    started = time.monotonic()
+    _, built = ensure_rootfs()
+    times["rootfs (0 = cached)"] = built if built else time.monotonic() - started
+    started = time.monotonic()
+    try:
+        labcli.up(INVENTORY)
+        times["lab up"] = time.monotonic() - started
+        plan = labhosts.Plan.load(topology.STATE_DIR)
+        assert plan is not None
+        yield {"plan": plan, "times": times, "tmp": tmp_path_factory.mktemp("lab")}
+    finally:
+        started = time.monotonic()
+        saved = labhosts.Plan.load(topology.STATE_DIR)
+        labcli.down()
+        times["lab down"] = time.monotonic() - started
+        capture = request.config.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled():
+            print()
+            for phase, secs in times.items():
+                print(f"lab phase {phase:24} {secs:7.1f} s")
+        if saved is not None:
+            left = labhosts.leftovers(saved)
+            assert not left, f"lab down left behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def site(lab):
+    started = time.monotonic()
+    run_site(lab["tmp"], "first")
+    lab["times"]["site.yml"] = time.monotonic() - started
+    return lab
+
+
+def test_site_second_run_changes_nothing(site) -> None:
+    started = time.monotonic()
+    runner = run_site(site["tmp"], "second")
+    site["times"]["site.yml again"] = time.monotonic() - started
+    changed = {host: n for host, n in runner.stats.get("changed", {}).items() if n}
+    assert changed == {}, f"second site.yml run changed something: {changed}"
+    assert set(runner.stats["ok"]) == {h.name for h in site["plan"].hosts}
+
+
+@pytest.mark.parametrize("domain", ["a", "b"])
+def test_job_output_lands_on_the_head_node(site, domain: str) -> None:
+    plan = site["plan"]
+    head = f"{domain}-head"
+    marker = f"job of domain {domain} {time.time_ns()}"
+    started = time.monotonic()
+    job = ssh(plan, head, "sbatch --parsable -p phys,borrowed -o /home/lab-job-%j.out "
+              f"--wrap {shlex.quote('echo ' + shlex.quote(marker) + ' on $(hostname)')}").strip()
+    assert job.isdigit(), job
+    out = ""
+    for _ in range(150):
+        state = ssh(plan, head, f"scontrol show job {job} -o").strip()
+        if "JobState=COMPLETED" in state:
+            out = ssh(plan, head, f"cat /home/lab-job-{job}.out").strip()
+            break
+        assert "JobState=FAILED" not in state, state
+        time.sleep(0.2)
+    site["times"].setdefault("first job", time.monotonic() - started)
+    assert out.startswith(marker + " on "), f"job {job} output on {head}: {out!r}"
+    ran_on = out.rsplit(" ", 1)[1]
+    assert ran_on in (f"{domain}-node1", f"{domain}-node2"), ran_on
+    # The head node serves the same file over NFS to the domain's compute node.
+    over_nfs = ssh(plan, f"{domain}-node2",
+                   f"nfs-cat nfs://{domain}-head/home/lab-job-{job}.out").strip()
+    assert over_nfs == out
+
+
+@pytest.mark.parametrize("domain", ["a", "b"])
+def test_virtual_network_ping(site, domain: str) -> None:
+    if not _site_has_role("violin_tap"):
+        pytest.skip("site.yml does not set up the virtual network yet (roles/violin_tap)")
+    plan = site["plan"]
+    inventory = yaml.safe_load((INVENTORY / "hosts.yml").read_text())
+    heads = inventory["all"]["children"][f"domain_{domain}"]["children"]
+    head_addr = heads[f"domain_{domain}_head"]["hosts"][f"{domain}-head"][
+        "viocluster_virtual_address"]
+    ssh(plan, f"{domain}-node1", f"ping -c 2 -W 2 {head_addr}")
