@@ -278,6 +278,8 @@ class Simulation:
             return
         if vm.job >= 0:
             self._release(b, vm.job, now, finished=False)
+            if vm.state == HALTING:  # a draining VM is halted by the release itself
+                return
         if vm.state == UP:
             b.idle_vms.remove(vm)
         vm.state = HALTING

@@ -184,6 +184,8 @@ def parse_swf_lines(lines: list[str], path: str) -> Trace:
 def read_swf(path: str | Path) -> Trace:
     """Read an SWF trace from ``path`` (.swf, or gzip-compressed .swf.gz)."""
     path = Path(path)
+    if path.is_dir():
+        raise TraceError(f"trace {path} is a folder; give the path of an .swf or .swf.gz file")
     if not path.is_file():
         raise TraceError(f"trace {path} not found; give the path of an .swf or .swf.gz file")
     try:

@@ -187,3 +187,30 @@ def test_whole_real_traces_sharing_run(traces):
     assert s["osc"]["lent_node_hours"] == pytest.approx(s["ctc"]["borrowed_node_hours"])
     assert s["ctc"]["lent_node_hours"] == pytest.approx(s["osc"]["borrowed_node_hours"])
     assert s["ctc"]["preemptions"] > 0
+
+
+def test_halting_a_draining_busy_vm_counts_it_once():
+    # B's 2-node job runs on A's VMs from 3640; at 7200 one VM is drained, then halted: the job
+    # is preempted, the VM must leave once (a second VM-down would fail the checks or the run)
+    from sim_helpers import check
+
+    a = wl("a", 4, [])
+    b = wl("b", 4, [(0, 10000, 4), (1, 5000, 2)])
+    sim = Simulation([a, b], config=SimConfig())
+    original = sim.sample
+    done = []
+
+    def sample(now):
+        original(now)
+        db = sim.domains[1]
+        if now == 7200 and not done:
+            vm = db.job_vms[1][0]
+            sim.drain(vm, now)
+            sim.halt(vm, now)
+            done.append(vm)
+
+    sim.sample = sample
+    sim.on_check = check
+    result = sim.run()
+    assert done and result.domains[1].stats.preemptions == 1
+    assert result.domains[1].end[1] > 7200
