@@ -1,0 +1,268 @@
+"""Brokers killed with SIGKILL in each contract state, then restarted.
+
+Both brokers run as real ``viocluster broker run`` processes over mutual TLS, each on its own
+real Slurm. The kill hits the broker's whole process group (as systemd's control-group kill
+does), playbook runs included. VMs and switch peers are FAKE here: the stand-in playbooks
+start a dynamic slurmd where a VM would boot and write the VM's name and the lending host's
+address into two files that the broker's VM and switch probes list and edit. The scheduler
+side (borrowed node, requeue, lent node) is real.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from broker.negotiation.contracts import ContractState, Role
+from broker.service.store import Store
+from tests.broker.conftest import reset
+from tests.broker.harness import free_port, make_pki, standin_vars, write_config
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+S = ContractState
+REPO = Path(__file__).resolve().parents[2]
+
+
+class BrokerProcess:
+    def __init__(self, name: str, conf: Path, port: int, log: Path) -> None:
+        self.name, self.conf, self.port, self.log = name, conf, port, log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.db = conf.parent / f"state-{name}" / "contracts.db"
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "broker.cli", "broker", "run", "--config", str(self.conf)],
+                cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"broker {self.name} did not listen: {self.log.read_text()[-3000:]}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+
+    def contracts(self):
+        store = Store(self.db)
+        try:
+            return store.contracts()
+        finally:
+            store.close()
+
+    def wait_state(self, state: ContractState, timeout: float = 60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.db.exists():
+                found = [c for c in self.contracts() if c.state is state]
+                if found:
+                    return found[-1]
+            time.sleep(0.1)
+        raise AssertionError(f"{self.name}: no contract {state.value} in {timeout} s; "
+                             f"have {[(c.id, c.state.value, c.reason) for c in self.contracts()]}\n"
+                             f"{self.log.read_text()[-4000:]}")
+
+    def wait_contract(self, cid: str, state: ContractState, timeout: float = 60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for c in self.contracts():
+                if c.id == cid and c.state is state:
+                    return c
+            time.sleep(0.1)
+        got = [(c.state.value, c.reason) for c in self.contracts() if c.id == cid]
+        raise AssertionError(f"{self.name}: {cid} not {state.value} in {timeout} s: {got}\n"
+                             f"{self.log.read_text()[-4000:]}")
+
+
+@pytest.fixture
+def pair(tmp_path, slurm, slurm_b):
+    pki = make_pki(tmp_path / "pki")
+    pa, pb = free_port(), free_port()
+    files = tmp_path / "fake"
+    files.mkdir()
+    (files / "vms").touch()
+    (files / "peers").touch()
+
+    def probe(name: str) -> dict:
+        path = files / name
+        return {"list": ["cat", str(path)], "remove": ["sed", "-i", f"/^{{name}}$/d", str(path)]}
+
+    def make(pause_borrow: int = 0, pause_reclaim: int = 0):
+        extravars = {**standin_vars(slurm, files), "vbk_test_pause": pause_borrow,
+                     "vbk_test_reclaim_pause": pause_reclaim}
+        common = {"executor": {"extravars": extravars}, "offer_ttl_s": 30, "interval_s": 1,
+                  "request_timeout_s": 4,
+                  "probes": {"vms": probe("vms"), "switch": probe("peers")}}
+        ca = write_config(tmp_path / "a.yml", "a", pa, pki, {"b": pb}, slurm, common)
+        cb = write_config(tmp_path / "b.yml", "b", pb, pki, {"a": pa}, slurm_b, common)
+        return (BrokerProcess("a", ca, pa, tmp_path / "a.log"),
+                BrokerProcess("b", cb, pb, tmp_path / "b.log"))
+
+    procs: list[BrokerProcess] = []
+
+    def brokers(pause_borrow: int = 0, pause_reclaim: int = 0):
+        """Write both configs (playbook pauses as given); the processes start when told."""
+        a, b = make(pause_borrow, pause_reclaim)
+        procs.extend([a, b])
+        return a, b
+
+    yield brokers, files
+    for p in procs:
+        p.stop()
+    for pidfile in slurm.dir.glob("slurmd-a-*.pid"):
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        pidfile.unlink()
+    reset(slurm)
+    reset(slurm_b)
+
+
+def _demand(cluster, jobs: int = 4) -> None:
+    for _ in range(jobs):
+        cluster.run("sbatch", "-o", "/dev/null", "-N1", "--wrap", "sleep 300")
+
+
+def _no_orphans(slurm, slurm_b, files, a_contracts):
+    """Nothing runs that no open contract accounts for."""
+    open_nodes = {n for c in a_contracts if not c.state.final for n in c.node_names}
+    borrowed = {line.split("|")[0] for line in slurm.run("sinfo", "-N", "-h", "-o", "%N|%f").split()
+                if "borrowed" in line}
+    assert borrowed <= open_nodes
+    assert set((files / "vms").read_text().split()) <= open_nodes
+    pids = {p.name[len("slurmd-"):-len(".pid")] for p in slurm.dir.glob("slurmd-a-*.pid")}
+    assert pids <= open_nodes
+    if not open_nodes:
+        assert (files / "peers").read_text().split() == []
+        assert "viocluster-lent" not in slurm_b.run("sinfo", "-N", "-h", "-o", "%E")
+
+
+def test_killed_while_provisioning__rolled_back_on_restart__fake_vm_and_switch(pair, slurm, slurm_b):
+    brokers, files = pair
+    a, b = brokers(pause_borrow=60)
+    b.start()
+    _demand(slurm)
+    a.start()
+    c = a.wait_state(S.PROVISIONING)
+    # the stand-in VM is up and the playbook still runs when the broker dies
+    slurm.wait("stand-in node registered", lambda: slurm.node_state(c.node_names[0]) != "")
+    a.kill9()
+    assert [x.state for x in a.contracts() if x.id == c.id] == [S.PROVISIONING]  # not lost
+    slurm.run("scancel", "-u", "root")  # no more demand: the restarted broker must not borrow
+    a2, _ = brokers()  # the same config, without the pause
+    a2.start()
+    a2.wait_contract(c.id, S.FAILED)
+    b.wait_contract(c.id, S.CLOSED)  # the lender heard the borrower gave up, and unlent
+    assert "rolled back" in [x for x in a2.contracts() if x.id == c.id][0].reason
+    _no_orphans(slurm, slurm_b, files, a2.contracts())
+
+
+def test_killed_while_active_and_an_orphan_vm_and_peer_appear__fake_vm_and_switch(pair, slurm, slurm_b):
+    brokers, files = pair
+    a, b = brokers()
+    b.start()
+    _demand(slurm)
+    a.start()
+    c = a.wait_state(S.ACTIVE)
+    b.wait_contract(c.id, S.ACTIVE)
+    node = c.node_names[0]
+    a.kill9()
+    # while A is dead: a VM and a switch peer appear that no contract accounts for
+    with open(files / "vms", "a") as f:
+        f.write("a-vorphan-0\n")
+    with open(files / "peers", "a") as f:
+        f.write("10.204.9.9\n")
+    a.start()
+    deadline = time.monotonic() + 20
+    while "a-vorphan-0" in (files / "vms").read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "a-vorphan-0" not in (files / "vms").read_text()
+    assert (files / "peers").read_text().split() == ["127.0.0.1"]
+    got = [x for x in a.contracts() if x.id == c.id][0]
+    assert got.state is S.ACTIVE and slurm.node_state(node) in ("idle", "allocated", "mixed")
+    _no_orphans(slurm, slurm_b, files, a.contracts())
+
+
+def test_lender_killed_while_reclaiming_finishes_on_restart__fake_vm_and_switch(pair, slurm, slurm_b):
+    brokers, files = pair
+    a, b = brokers(pause_reclaim=60)
+    b.start()
+    _demand(slurm)
+    a.start()
+    c = a.wait_state(S.ACTIVE)
+    b.wait_contract(c.id, S.ACTIVE)
+    _demand(slurm_b, 2)  # B needs its node back: it reclaims, its playbook hangs, B dies
+    b.wait_contract(c.id, S.RECLAIMING)
+    a.wait_contract(c.id, S.CLOSED)  # the borrower already requeued and removed the node
+    b.kill9()
+    assert [x.state for x in b.contracts() if x.id == c.id] == [S.RECLAIMING]
+    slurm_b.run("scancel", "-u", "root")
+    _, b2 = brokers()
+    b2.start()
+    b2.wait_contract(c.id, S.CLOSED)
+    _no_orphans(slurm, slurm_b, files, a.contracts())
+
+
+def test_killed_in_proposed_and_in_reclaiming_while_the_peer_is_frozen__fake_vm_and_switch(
+    pair, slurm, slurm_b
+):
+    """SIGSTOP on the lender holds the borrower in a state while it waits for an answer."""
+    brokers, files = pair
+    a, b = brokers()
+    b.start()
+    b.signal(signal.SIGSTOP)
+    _demand(slurm)
+    a.start()
+    proposed = a.wait_state(S.PROPOSED)
+    a.kill9()
+    b.signal(signal.SIGCONT)
+    slurm.run("scancel", "-u", "root")
+    a.start()
+    a.wait_contract(proposed.id, S.CLOSED)
+    deadline = time.monotonic() + 30
+    while any(not x.state.final for x in b.contracts()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(x.state.final for x in b.contracts())
+
+    # now a real trade, then A gives the node back while B is frozen: A waits in reclaiming
+    _demand(slurm)
+    active = a.wait_state(S.ACTIVE)
+    b.wait_contract(active.id, S.ACTIVE)
+    b.signal(signal.SIGSTOP)
+    slurm.run("scancel", "-u", "root")  # no demand: A returns the idle borrowed node
+    a.wait_contract(active.id, S.RECLAIMING)
+    a.kill9()
+    b.signal(signal.SIGCONT)
+    a.start()
+    a.wait_contract(active.id, S.CLOSED)
+    b.wait_contract(active.id, S.CLOSED)
+    _no_orphans(slurm, slurm_b, files, a.contracts())
+    assert {x.role for x in b.contracts()} == {Role.LENDER}
