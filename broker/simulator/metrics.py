@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from broker.simulator.engine import Domain, RunResult
@@ -66,7 +64,3 @@ SERIES_FIELDS = ("t_s", "demand", "waiting_nodes", "running_nodes", "borrowed", 
 
 def series_rows(result: RunResult) -> dict[str, list[tuple]]:
     return {d.name: d.series for d in result.domains}
-
-
-def finite(x: float) -> float | None:
-    return None if math.isnan(x) else x
