@@ -1,7 +1,7 @@
 import math
 
 import pytest
-from sim_helpers import run_checked
+from sim_helpers import check, run_checked
 
 from broker.policy import (
     DomainPolicy,
@@ -192,8 +192,6 @@ def test_whole_real_traces_sharing_run(traces):
 def test_halting_a_draining_busy_vm_counts_it_once():
     # B's 2-node job runs on A's VMs from 3640; at 7200 one VM is drained, then halted: the job
     # is preempted, the VM must leave once (a second VM-down would fail the checks or the run)
-    from sim_helpers import check
-
     a = wl("a", 4, [])
     b = wl("b", 4, [(0, 10000, 4), (1, 5000, 2)])
     sim = Simulation([a, b], config=SimConfig())
@@ -214,3 +212,41 @@ def test_halting_a_draining_busy_vm_counts_it_once():
     result = sim.run()
     assert done and result.domains[1].stats.preemptions == 1
     assert result.domains[1].end[1] > 7200
+
+
+def test_physical_nodes_preferred_over_idle_vms():
+    # B borrows 2 VMs for a short job; later both its own nodes and the idle VMs are free
+    a = wl("a", 4, [])
+    b = wl("b", 4, [(0, 5000, 4), (1, 100, 2), (6000, 50, 2)])
+    sim = Simulation([a, b], config=SimConfig())
+    on_vms = []
+    original = sim.start_vms
+
+    def start_vms(d, j, now):
+        on_vms.append((d.name, j, len(d.idle_vms), d.free))
+        original(d, j, now)
+
+    sim.start_vms = start_vms
+    result, _ = run_checked(sim)
+    db = result.domains[1]
+    assert on_vms == [("b", 1, 2, 0)]  # only job 1, while B's own nodes were all busy
+    assert db.start[2] == 6000 and db.end[2] == 6050  # physical: no slowdown
+
+
+def test_lease_returns_every_vm_by_lease_end():
+    lease = DomainPolicy(reclamation=ReclamationPolicy(Terms(Mode.LEASE, lease_s=5400)))
+    sim = Simulation(small_demo(seed=4), [lease, lease], SimConfig(interval=1800))
+    lives = []
+    original = sim.vm_down
+
+    def vm_down(vm, now):
+        lives.append(now - vm.started)
+        original(vm, now)
+
+    sim.vm_down = vm_down
+    sim.on_check = check
+    sim.run()
+    assert lives
+    # a lease ends at the first broker round at or after started + lease_s, then the VM halts
+    assert max(lives) <= 5400 + 1800 + sim.cfg.halt_delay
+    assert max(lives) >= 5400
