@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-from pathlib import Path
 
 import pytest
 
-from tests.broker import slurm_cluster
+import broker_slurm as slurm_cluster
+from broker_slurm import reset
 
 
 def _cluster(name: str):
@@ -37,27 +36,9 @@ def slurm_b():
     yield from _cluster("slurmb")
 
 
-def reset(cluster) -> None:
-    """Cancel every job, resume drained nodes, delete dynamic ones."""
-    cluster.run("scancel", "--full", "-u", "root", check=False)
-    for node in ("n1", "n2"):
-        if cluster.node_state(node) not in ("idle", "allocated", "mixed"):
-            cluster.run("scontrol", "update", f"nodename={node}", "state=resume", check=False)
-    cluster.wait("empty queue", lambda: not cluster.run("squeue", "-h").strip(), 30)
-
-
 @pytest.fixture
 def clean_queue(slurm):
     yield slurm
     reset(slurm)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def vbk_tmp(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("vbk")

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from aiohttp import web
 
-from broker.service.tls import KeyPair, fingerprint_pem, make_ca, make_domain_cert
+from broker.service.api import peer_app
+from broker.service.tls import KeyPair, fingerprint_pem, make_ca, make_domain_cert, server_context
 
 HERE = Path(__file__).resolve().parent
 
@@ -104,3 +107,17 @@ def standin_vars(cluster: Any, state: Path) -> dict[str, Any]:
         "vbk_test_piddir": str(cluster.dir),
         "vbk_test_state": str(state),
     }
+
+
+@contextlib.asynccontextmanager
+async def api(broker):
+    runner = web.AppRunner(peer_app(broker), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", broker.config.listen.port,
+                       ssl_context=server_context(broker.config.tls))
+    await site.start()
+    try:
+        yield broker
+    finally:
+        await runner.cleanup()
+        await broker.client.close()

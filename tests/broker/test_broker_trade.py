@@ -13,32 +13,15 @@ import os
 import time
 
 import pytest
-from aiohttp import web
 
 from broker.negotiation.contracts import ContractState, Role
-from broker.service.api import peer_app
 from broker.service.config import load_config
 from broker.service.runtime import build
-from broker.service.tls import server_context
-from tests.broker.conftest import reset
-from tests.broker.harness import free_port, make_pki, standin_vars, write_config
+from broker_harness import api, free_port, make_pki, standin_vars, write_config
+from broker_slurm import reset
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 S = ContractState
-
-
-@contextlib.asynccontextmanager
-async def api(broker):
-    runner = web.AppRunner(peer_app(broker), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", broker.config.listen.port,
-                       ssl_context=server_context(broker.config.tls))
-    await site.start()
-    try:
-        yield broker
-    finally:
-        await runner.cleanup()
-        await broker.client.close()
 
 
 def _submit(cluster, *args):
@@ -119,8 +102,16 @@ def test_two_brokers_trade_a_node_and_the_lender_reclaims_it(domains, slurm, slu
             assert (vms / "vms").read_text().split() == []
             assert not (slurm.dir / f"slurmd-{node}.pid").exists()
             assert b.scheduler.snapshot().lent == ()
-            print(f"\ntrade (ask to node idle, playbook included) {trade_s:.2f} s; "
-                  f"reclaim (request to VM gone, job requeued) {reclaim_s:.2f} s")
+            ha = {t.to_state: t.at for t in a.store.history(ca.id)}
+            hb = {t.to_state: t.at for t in b.store.history(cb.id)}
+            print(f"\nTRADE ask->agreed {ha[S.AGREED] - ha[S.PROPOSED]:.2f} s; "
+                  f"agreed->node idle in A's Slurm {ha[S.ACTIVE] - ha[S.AGREED]:.2f} s "
+                  f"(borrow playbook {ha[S.ACTIVE] - ha[S.PROVISIONING]:.2f} s incl. admission); "
+                  f"tick->active {trade_s:.2f} s")
+            print(f"RECLAIM request->A's node down, job requeued, node deleted "
+                  f"{ha[S.CLOSED] - hb[S.RECLAIMING]:.2f} s; request->VM gone "
+                  f"{hb[S.CLOSED] - hb[S.RECLAIMING]:.2f} s (reclaim playbook included); "
+                  f"tick->closed {reclaim_s:.2f} s")
             return jobs
 
     asyncio.run(scenario())

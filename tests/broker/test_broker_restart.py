@@ -23,8 +23,8 @@ import pytest
 
 from broker.negotiation.contracts import ContractState, Role
 from broker.service.store import Store
-from tests.broker.conftest import reset
-from tests.broker.harness import free_port, make_pki, standin_vars, write_config
+from broker_harness import free_port, make_pki, standin_vars, write_config
+from broker_slurm import reset
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 S = ContractState

@@ -213,3 +213,12 @@ def stop(cluster: SlurmCluster) -> None:
     subprocess.run(["ip", "netns", "del", cluster.ns], check=False)
     if not os.environ.get("VBK_KEEP_SLURM"):
         shutil.rmtree(cluster.dir, ignore_errors=True)
+
+
+def reset(cluster) -> None:
+    """Cancel every job, resume drained nodes, delete dynamic ones."""
+    cluster.run("scancel", "--full", "-u", "root", check=False)
+    for node in ("n1", "n2"):
+        if cluster.node_state(node) not in ("idle", "allocated", "mixed"):
+            cluster.run("scontrol", "update", f"nodename={node}", "state=resume", check=False)
+    cluster.wait("empty queue", lambda: not cluster.run("squeue", "-h").strip(), 30)

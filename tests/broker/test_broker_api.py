@@ -14,8 +14,7 @@ import pytest
 from broker.negotiation import messages as m
 from broker.service.config import load_config
 from broker.service.runtime import build
-from tests.broker.harness import free_port, make_pki, write_config
-from tests.broker.test_trade import api
+from broker_harness import api, free_port, make_pki, write_config
 
 pytestmark = pytest.mark.root
 

@@ -1,0 +1,83 @@
+"""The broker config loader: every mistake gets one clear line naming the key."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from broker.cli import main
+from broker.errors import ConfigError
+from broker.service.config import load_config
+from broker_harness import make_pki
+
+
+@pytest.fixture
+def base(tmp_path):
+    pki = make_pki(tmp_path / "pki")
+    return {
+        "domain": "a",
+        "state_dir": str(tmp_path / "state"),
+        "listen": {"host": "127.0.0.1", "port": 8443},
+        "tls": pki.files("a"),
+        "peers": {"b": {"url": "https://127.0.0.1:8444", "fingerprint": pki.fingerprints["b"]}},
+    }
+
+
+def _write(tmp_path, data) -> str:
+    path = tmp_path / "broker.yml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return str(path)
+
+
+def test_a_minimal_config_loads_with_defaults(tmp_path, base):
+    config = load_config(_write(tmp_path, base))
+    assert config.domain == "a" and config.site == "a" and config.interval_s == 10
+    assert config.db_path == tmp_path / "state" / "contracts.db"
+    assert not config.vm_probe.enabled
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda c: c.update(colour="red"), "(top): unknown key(s) colour"),
+        (lambda c: c.pop("tls"), "(top): missing key(s) tls"),
+        (lambda c: c.update(domain="a b"), "domain: got 'a b'"),
+        (lambda c: c["peers"]["b"].update(fingerprint="abc"), "peers.b.fingerprint: got 'abc'"),
+        (lambda c: c["peers"]["b"].update(url="http://x"), "peers.b.url: got 'http://x'; peers are reached over https://"),
+        (lambda c: c["peers"].update(a=c["peers"]["b"]), "peers.a: a broker cannot be its own peer"),
+        (lambda c: c["listen"].update(port=70000), "listen.port: got 70000"),
+        (lambda c: c.update(interval_s=0), "interval_s: got 0"),
+        (lambda c: c.update(needs={"cpus": -1}), "needs.cpus: got -1"),
+        (lambda c: c.update(policy={"lending": {"fraction_idle": 3}}), "lending.fraction_idle"),
+        (lambda c: c.update(probes={"vms": {"list": ["true"]}}), "probes.vms: a probe that lists must also say how to remove"),
+        (lambda c: c.update(lending={"hosts": [{"node": "n1"}]}), "lending.hosts[0]: missing key(s) account, address"),
+    ],
+)
+def test_mistakes_are_named(tmp_path, base, change, words):
+    change(base)
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, base))
+    assert words in str(err.value)
+
+
+def test_yaml_errors_give_the_line(tmp_path):
+    with pytest.raises(ConfigError, match="not valid YAML at line [23]"):
+        load_config(_write(tmp_path, "domain: a\nlisten: {host: x\n  port: [1\n"))
+
+
+def test_a_missing_file_says_to_pass_one(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "nope.yml")
+
+
+def test_the_cli_prints_one_line_and_exits_2(tmp_path, base, capsys):
+    base["peers"]["b"]["fingerprint"] = "nope"
+    assert main(["broker", "check", "--config", _write(tmp_path, base)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "peers.b.fingerprint" in err and "Traceback" not in err
+
+
+def test_missing_certificates_are_reported_before_starting(tmp_path, base, capsys):
+    base["tls"]["cert"] = str(tmp_path / "absent.crt")
+    assert main(["broker", "run", "--config", _write(tmp_path, base)]) == 2
+    assert "tls.cert" in capsys.readouterr().err
