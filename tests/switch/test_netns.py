@@ -10,6 +10,8 @@ import random
 import shutil
 import socket
 import struct
+import subprocess
+import sys
 import time
 
 import pytest
@@ -40,7 +42,8 @@ def lab(as_root):
         for d in (RED, BLUE):
             for h in HOSTS:
                 lab.add_tap(h, d)
-                lab.write_config(h, d, [p for p in HOSTS if p != h])
+                extra = {"metrics": f"{lab.phys_ip(h)}:9301"} if (d, h) == (RED, 1) else {}
+                lab.write_config(h, d, [p for p in HOSTS if p != h], **extra)
                 lab.start_daemon(h, d)
         # host 4 is in red only, and nobody has it as a peer yet
         lab.add_tap(JOINER, RED)
@@ -151,6 +154,24 @@ def test_peer_joins_and_leaves_at_run_time(lab):
     assert lab.ping(1, RED.ip(JOINER), count=2)
     assert {key: proc.pid for key, proc in lab.procs.items()} == old_pids  # nobody restarted
     assert all(proc.poll() is None for proc in lab.procs.values())
+
+
+def test_violinctl_and_prometheus_over_http(lab):
+    ctl = [sys.executable, "-m", "violin.ctl", "-s", lab.socket(1, RED)]
+    listing = subprocess.run(ctl + ["peers", "list"], capture_output=True, text=True, check=True).stdout
+    assert [line.split()[0] for line in listing.splitlines()][:2] == ["h2", "h3"]
+    text = subprocess.run(ctl + ["stats"], capture_output=True, text=True, check=True).stdout
+    assert "drops.replay" in text and "tx_unicast_frames" in text
+    bad = subprocess.run(ctl + ["peers", "remove", "nobody"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no peer nobody" in bad.stderr and "Traceback" not in bad.stderr
+    gone = subprocess.run([sys.executable, "-m", "violin.ctl", "-s", str(lab.dir / "absent.sock"), "stats"],
+                          capture_output=True, text=True)
+    assert gone.returncode == 2 and "is violin-switchd running" in gone.stderr
+    fetch = ("import urllib.request,sys; "
+             "print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())")
+    body = nsx(lab.ns(1), sys.executable, "-c", fetch, f"http://{lab.phys_ip(1)}:9301/metrics").stdout
+    assert 'violin_peers{network="red"}' in body
+    assert 'violin_forwarded_frames_total{decision="unicast",network="red"}' in body
 
 
 def test_sighup_reload_applies_config_peers(lab):

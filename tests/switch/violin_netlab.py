@@ -100,7 +100,7 @@ class Lab:
     def socket(self, h: int, d: Domain) -> str:
         return str(self.dir / f"{d.name}-h{h}.sock")
 
-    def write_config(self, h: int, d: Domain, peers: list[int] | list[dict]) -> Path:
+    def write_config(self, h: int, d: Domain, peers: list[int] | list[dict], **extra) -> Path:
         keyfile = self.dir / f"{d.name}.key"
         if not keyfile.exists():
             keyfile.write_text(d.key + "\n")
@@ -110,7 +110,7 @@ class Lab:
                      {"name": f"h{p}", "address": self.phys_ip(p), "port": d.port} for p in peers]
         cfg = {"network": d.name, "network_id": d.network_id, "key_file": str(keyfile),
                "tap": d.tap, "listen": self.phys_ip(h), "port": d.port,
-               "control_socket": self.socket(h, d), "fdb_ageing": 120, "peers": peer_list}
+               "control_socket": self.socket(h, d), "fdb_ageing": 120, "peers": peer_list, **extra}
         path = self.config_path(h, d)
         path.write_text(yaml.safe_dump(cfg))
         return path
