@@ -43,15 +43,22 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SUITE = "bookworm"
 DEFAULT_CACHE = Path("/var/cache/viocluster/images")
-# Image files get this mtime, so copies and rebuilds of the same inputs pin the same UML COW header.
+# Image files get a modification time derived from their key: every copy of one build pins the
+# same UML COW header, and a rebuild with other inputs gets another mtime (old COWs then fail
+# the header check instead of being applied to the wrong base).
 EPOCH = 1700000000
+
+
+def key_mtime(key: str) -> int:
+    return EPOCH + int(key[:7], 16)
 NODE_PACKAGES = [
     "slurmd", "munge", "iproute2", "iputils-ping", "kmod", "nfs-common", "netbase", "procps",
 ]
 NODE_IMAGE_SIZE = "1G"
 BUSYBOX_IMAGE_SIZE = "16M"
 # Modules the QEMU initramfs loads to find its root filesystem and its network card.
-QEMU_MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "ext4", "crc32c_generic"]
+# qemu_fw_cfg shows the guest the config directory's files QEMU passes with -fw_cfg.
+QEMU_MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "ext4", "crc32c_generic", "qemu_fw_cfg"]
 
 
 class BuildError(Exception):
@@ -182,12 +189,12 @@ def apt_mirror(root: Path = Path("/etc/apt")) -> str:
 def mkfs_from_tree(tree: Path, image: Path, size: str, label: str, key: str) -> None:
     """ext4 image from a directory, with a UUID and timestamps derived from the key."""
     fs_uuid = str(uuid.UUID(hashlib.sha256(key.encode()).hexdigest()[:32]))
-    env = dict(os.environ, E2FSPROGS_FAKE_TIME=str(EPOCH))
+    env = dict(os.environ, E2FSPROGS_FAKE_TIME=str(key_mtime(key)))
     run(["truncate", "-s", size, str(image)])
     run(["mkfs.ext4", "-q", "-F", "-L", label, "-U", fs_uuid, "-E", f"hash_seed={fs_uuid}",
          "-d", str(tree), str(image)], env=env)
     os.chmod(image, 0o444)
-    os.utime(image, (EPOCH, EPOCH))
+    os.utime(image, (key_mtime(key), key_mtime(key)))
 
 
 def build_busybox(work: Path, out: Path, key: str) -> dict:
@@ -315,16 +322,19 @@ def build_qemu_boot(work: Path, out: Path, key: str, cache: Path) -> dict:
     if proc.returncode != 0:
         raise BuildError(f"cpio failed: {proc.stderr.decode(errors='replace')}")
     initrd = out / "initrd.img"
-    with open(initrd, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=EPOCH) as gz:
+    with open(initrd, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=key_mtime(key)) as gz:
         gz.write(proc.stdout)
     shutil.copy2(vmlinuz, out / "vmlinuz")
     for p in (initrd, out / "vmlinuz"):
         os.chmod(p, 0o444)
-        os.utime(p, (EPOCH, EPOCH))
+        os.utime(p, (key_mtime(key), key_mtime(key)))
     return {"kernel": str(out / "vmlinuz"), "initrd": str(initrd), "kernel_version": kver}
 
 
-def build(kind: str, cache: Path, mirror: str | None) -> dict:
+FILES = {"busybox": ["busybox.img"], "node": ["node.img"], "qemu-boot": ["vmlinuz", "initrd.img"]}
+
+
+def build(kind: str, cache: Path, mirror: str | None, check: bool = False) -> dict:
     inputs = inputs_for(kind)
     key = inputs.key()
     final = cache / f"{kind}-{key}"
@@ -333,6 +343,9 @@ def build(kind: str, cache: Path, mirror: str | None) -> dict:
         info = json.loads(meta.read_text())
         info["changed"] = False
         return info
+    if check:  # what a build would give, without building
+        return {"kind": kind, "key": key, "dir": str(final), "changed": True,
+                "mtime": key_mtime(key), "files": FILES[kind], "inputs": inputs.parts}
     cache.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix=f"vcimg-{kind}-", dir=cache))
@@ -346,7 +359,8 @@ def build(kind: str, cache: Path, mirror: str | None) -> dict:
         else:
             info = build_qemu_boot(work, out, key, cache)
         info = {k: v.replace(str(out), str(final)) for k, v in info.items()}
-        info.update(kind=kind, key=key, dir=str(final), inputs=inputs.parts,
+        info.update(kind=kind, key=key, dir=str(final), inputs=inputs.parts, mtime=key_mtime(key),
+                    files=FILES[kind],
                     build_seconds=round(time.monotonic() - t0, 1))
         (out / "build.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
         os.chmod(out, 0o755)
@@ -358,7 +372,17 @@ def build(kind: str, cache: Path, mirror: str | None) -> dict:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     info["changed"] = True
+    prune(cache, kind, keep=final)
     return info
+
+
+def prune(cache: Path, kind: str, keep: Path, count: int = 2) -> None:
+    """Drop all but the newest `count` builds of a kind (the new one always stays)."""
+    builds = sorted((p for p in cache.glob(f"{kind}-*") if (p / "build.json").is_file()
+                     and p.name[len(kind) + 1:].isalnum() and len(p.name) == len(kind) + 17),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in [b for b in builds if b != keep][count - 1:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,12 +394,13 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("kind")
     b.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     b.add_argument("--mirror", help="Debian mirror URL (default: from apt sources)")
+    b.add_argument("--check", action="store_true", help="report what would be built, build nothing")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "key":
             print(inputs_for(args.kind).key())
         else:
-            print(json.dumps(build(args.kind, args.cache, args.mirror), sort_keys=True))
+            print(json.dumps(build(args.kind, args.cache, args.mirror, args.check), sort_keys=True))
     except BuildError as exc:
         print(f"build_image: {exc}", file=sys.stderr)
         return 2

@@ -77,7 +77,8 @@ options:
     description:
       - Directory of O(user) (mode 0700) with C(node.env), C(munge.key), optional C(slurm.conf)
         and C(hosts); UML's hostfs shows the guest this directory and nothing else.
-      - UML only. Without it, UML still gets C(hostfs=) an empty directory.
+      - Without it, UML still gets C(hostfs=) an empty directory.
+      - Under QEMU, those files are passed with C(-fw_cfg opt/vc/NAME) (read when QEMU starts).
     type: path
   kernel_args:
     description: Extra kernel arguments (no spaces inside one argument), passed on to the guest.
@@ -361,9 +362,6 @@ def validate(p: dict, account: Account) -> None:
     if p["ready_timeout"] <= 0:
         raise VMError("ready_timeout must be positive")
     if p["hypervisor"] == "qemu":
-        if p["config_dir"]:
-            raise VMError("config_dir works with hypervisor uml only (hostfs); pass the identity "
-                          "in kernel_args for qemu")
         for key in ("kernel", "initrd"):
             if not p[key]:
                 raise VMError(f"hypervisor qemu needs {key} (build_image.py build qemu-boot)")

@@ -32,6 +32,7 @@ COW_V2 = struct.Struct(">II256sqQI")  # v1/v2: native-endian in old files; read 
 UML_SECTOR = 512
 UML_ALIGN = 4096
 READY_MARKER = "VIOCLUSTER-READY"
+CONFIG_FILES = ("node.env", "munge.key", "slurm.conf", "hosts")
 
 
 class VMError(Exception):
@@ -173,22 +174,27 @@ class Account:
 
 
 def tap_problem(tap: str, uid: int) -> str | None:
-    base = f"/sys/class/net/{tap}"
-    if not os.path.isdir(base):
+    """Why the account with uid cannot use tap, or None. Asks iproute2 (netlink), not sysfs:
+    in a container sysfs may show another network namespace's devices."""
+    proc = subprocess.run(["ip", "-details", "-json", "link", "show", "dev", tap],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
         return (f"TAP {tap} does not exist in this network namespace: the lending_host role "
                 f"creates one TAP per VM slot (ip tuntap add dev {tap} mode tap user USER)")
     try:
-        with open(f"{base}/tun_flags") as f:
-            flags = int(f.read().strip(), 16)
-        with open(f"{base}/owner") as f:
-            owner = int(f.read().strip())
-    except OSError:
+        link = json.loads(proc.stdout)[0]
+    except (ValueError, IndexError):
+        return f"cannot read the details of {tap} from ip"
+    info = link.get("linkinfo", {})
+    data = info.get("info_data", {})
+    if info.get("info_kind") != "tun":
         return f"{tap} is not a TAP device"
-    if not flags & 0x0002:  # IFF_TAP
+    if data.get("type") != "tap":
         return f"{tap} is a TUN, not a TAP device"
-    if owner != uid:
-        who = "nobody" if owner == -1 else _user_name(owner)
-        return f"TAP {tap} is owned by {who}, not by the VM's user (uid {uid})"
+    owner = str(data.get("user", ""))
+    if owner not in (str(uid), _user_name(uid)):
+        who = owner or "nobody"
+        return f"TAP {tap} is owned by {who}, not by the VM's user ({_user_name(uid)})"
     return None
 
 
@@ -268,6 +274,11 @@ def qemu_command(spec: VMSpec) -> list[str]:
            "-display", "none", "-serial", "stdio", "-monitor", "none",
            "-kernel", spec.kernel, "-initrd", spec.initrd,
            "-drive", f"file={spec.cow},format=qcow2,if=virtio,cache=unsafe"]
+    if spec.config_dir:  # the guest's init reads /sys/firmware/qemu_fw_cfg/by_name/opt/vc/*
+        for f in CONFIG_FILES:
+            path = os.path.join(spec.config_dir, f)
+            if os.path.isfile(path):
+                cmd += ["-fw_cfg", f"name=opt/vc/{f},file={path}"]
     if spec.tap:
         dev = "virtio-net-pci,netdev=n0" + (f",mac={spec.mac}" if spec.mac else "")
         cmd += ["-netdev", f"tap,id=n0,ifname={spec.tap},script=no,downscript=no", "-device", dev]

@@ -201,3 +201,28 @@ def test_limits_file_caps_vms(lender, busybox_image, vm_task, tmp_path):
         run_play([{"name": "k", "cow_vm": {"name": "lim1", "user": a.name, "state": "absent",
                                            "remove_cow": True}}])
     assert not (a.vms / "lim2.cow").exists()
+
+
+def test_qemu_tcg_boots_the_same_image(lender, busybox_image, vm_task):
+    """The second hypervisor: QEMU (TCG here) on a qcow2 overlay, same TAP rules and kill."""
+    if not shutil.which("qemu-system-x86_64"):
+        pytest.skip("qemu-system-x86 missing: run scripts/bootstrap.sh")
+    from conftest import build
+    boot = build("qemu-boot")
+    a = lender["vvma"]
+    task = vm_task("qbb", a, busybox_image, hypervisor="qemu", cow=str(a.vms / "qbb.qcow2"),
+                   memory="128M", address="10.202.1.60/24", kernel=boot["kernel"],
+                   initrd=boot["initrd"], ready_timeout=120)
+    r = run_play([task])
+    t = r.task("qbb")
+    try:
+        assert not t["failed"], t["msg"]
+        assert t["res"]["accel"] in ("tcg", "kvm")
+        assert proc_uid(t["res"]["pid"]) == a.uid
+        assert netns_ping("10.202.1.60")
+        assert not run_play([task]).task("qbb")["changed"]
+    finally:
+        k = run_play([{"name": "k", "cow_vm": {"name": "qbb", "user": a.name, "state": "absent",
+                                               "remove_cow": True}}])
+    assert k.task("k")["changed"] and not group_alive(t["res"]["pid"])
+    assert not (a.vms / "qbb.qcow2").exists()
