@@ -156,7 +156,7 @@ class Bench:
         nsx(ns, "ip", "addr", "add", f"{ip}/24", "dev", dev)
 
     # ---------------------------------------------------------------- overlays
-    def violin(self, cipher="aes-256-gcm", gso=62000, offload=True, phys_mtu=1500, tap_mtu=1500) -> str:
+    def violin(self, cipher="aes-256-gcm", gso=65000, offload=True, phys_mtu=1500, tap_mtu=1500) -> str:
         self.setup_phys(phys_mtu)
         key = self.work / "violin.key"
         key.write_text(secrets.token_hex(32) + "\n")
@@ -312,7 +312,8 @@ def main() -> int:
     ap.add_argument("--variants", default=",".join(DEFAULT),
                     help=f"comma-separated, from {','.join(ALL)} (default {','.join(DEFAULT)})")
     ap.add_argument("--quiet", type=float, default=40,
-                    help="wait (up to 60 s) until other load is below this %% of one core")
+                    help="before each variant, wait until other load is below this %% of one core")
+    ap.add_argument("--quiet-wait", type=int, default=120, help="... but at most this many seconds")
     args = ap.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     unknown = set(variants) - set(ALL)
@@ -330,7 +331,7 @@ def main() -> int:
     try:
         for run in range(1, args.runs + 1):
             for name in variants:
-                busy = wait_quiet(args.quiet, 60)
+                busy = wait_quiet(args.quiet, args.quiet_wait)
                 load1 = os.getloadavg()[0]
                 log(f"run {run}: {name} (other load {busy:.0f}% of a core, load1 {load1:.2f})")
                 try:

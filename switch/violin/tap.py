@@ -74,7 +74,7 @@ def open_tap(name: str, offload: bool = True) -> Tap:
     tso = offload
     if offload and (gso_max is None or gso_max > GSO_LIMIT):
         log.warning("TAP %s has gso_max_size %s, more than a UDP datagram can carry (%d); TSO "
-                    "offload is off. Set it as root: ip link set %s gso_max_size 62000",
+                    "offload is off. Set it as root: ip link set %s gso_max_size 65000",
                     name, gso_max, GSO_LIMIT, name)
         tso = False
     flags = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 if tso else 0

@@ -90,7 +90,7 @@ class Lab:
     def add_tap(self, h: int, d: Domain, address: bool = True) -> None:
         ns = self.ns(h)
         nsx(ns, "ip", "tuntap", "add", "dev", d.tap, "mode", "tap", "user", str(DAEMON_UID), "vnet_hdr")
-        nsx(ns, "ip", "link", "set", d.tap, "mtu", "1500", "gso_max_size", "62000", "up")
+        nsx(ns, "ip", "link", "set", d.tap, "mtu", "1500", "gso_max_size", "65000", "up")
         if address:
             nsx(ns, "ip", "addr", "add", f"{d.ip(h)}/24", "dev", d.tap)
 

@@ -39,7 +39,7 @@ options:
       - Largest GSO super-frame the kernel hands to the daemon. Keep it at or below 65397 so a
         super-frame plus the daemon's headers fits a UDP datagram.
     type: int
-    default: 62000
+    default: 65000
   vnet_hdr:
     description: Open with virtio-net headers (needed for offloads).
     type: bool
@@ -82,7 +82,7 @@ tap:
   description: The TAP's state after the run (before it, in check mode, with the planned changes applied).
   returned: always
   type: dict
-  sample: {name: vio-a, user: violin, mtu: 1500, gso_max_size: 62000, vnet_hdr: true, up: true,
+  sample: {name: vio-a, user: violin, mtu: 1500, gso_max_size: 65000, vnet_hdr: true, up: true,
            addresses: [10.210.1.11/24], routes: []}
 commands:
   description: The ip commands run (or that would run in check mode).
@@ -150,7 +150,7 @@ def main():
             state=dict(type="str", choices=["present", "absent"], default="present"),
             user=dict(type="str"),
             mtu=dict(type="int", default=1500),
-            gso_max_size=dict(type="int", default=62000),
+            gso_max_size=dict(type="int", default=65000),
             vnet_hdr=dict(type="bool", default=True),
             addresses=dict(type="list", elements="str", default=[]),
             routes=dict(type="list", elements="str", default=[]),
