@@ -99,6 +99,17 @@ def write_config(
     return path
 
 
+def standin_vm_probe(cluster: Any, state: Path) -> dict[str, Any]:
+    """VM probe of the stand-ins: list the recorded names; remove = stop that slurmd now."""
+    stop = (
+        f"f={cluster.dir}/slurmd-{{name}}.pid; if [ -f $f ]; then p=$(cat $f); kill $p; "
+        "for i in $(seq 100); do kill -0 $p 2>/dev/null || break; sleep 0.05; done; fi; "
+        f"sed -i '/^{{name}}$/d' {state}/vms"
+    )
+    return {"list": ["sh", "-c", f"cat {state}/vms 2>/dev/null || true"],
+            "remove": ["sh", "-c", stop]}
+
+
 def standin_vars(cluster: Any, state: Path) -> dict[str, Any]:
     """Extra vars of the stand-in playbooks: where the borrower's Slurm is, where 'VMs' go."""
     return {

@@ -17,7 +17,7 @@ import pytest
 from broker.negotiation.contracts import ContractState, Role
 from broker.service.config import load_config
 from broker.service.runtime import build
-from broker_harness import api, free_port, make_pki, standin_vars, write_config
+from broker_harness import api, free_port, make_pki, standin_vars, standin_vm_probe, write_config
 from broker_slurm import reset
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -37,7 +37,9 @@ def domains(tmp_path, slurm, slurm_b):
     # B's reclaim playbook stops the stand-in "VM", which runs in A's Slurm namespace
     extra = {"executor": {"extravars": standin_vars(slurm, vms)}}
     conf_a = write_config(tmp_path / "a.yml", "a", pa, pki, {"b": pb}, slurm, extra)
-    conf_b = write_config(tmp_path / "b.yml", "b", pb, pki, {"a": pa}, slurm_b, extra)
+    # the lender stops a VM at once through its VM probe, then runs reclaim.yml to clean up
+    conf_b = write_config(tmp_path / "b.yml", "b", pb, pki, {"a": pa}, slurm_b,
+                          {**extra, "probes": {"vms": standin_vm_probe(slurm, vms)}})
     yield conf_a, conf_b, vms
     for pidfile in slurm.dir.glob("slurmd-a-*.pid"):
         with contextlib.suppress(ProcessLookupError, ValueError):
@@ -110,8 +112,9 @@ def test_two_brokers_trade_a_node_and_the_lender_reclaims_it(domains, slurm, slu
                   f"tick->active {trade_s:.2f} s")
             print(f"RECLAIM request->A's node down, job requeued, node deleted "
                   f"{ha[S.CLOSED] - hb[S.RECLAIMING]:.2f} s; request->VM gone "
-                  f"{hb[S.CLOSED] - hb[S.RECLAIMING]:.2f} s (reclaim playbook included); "
-                  f"tick->closed {reclaim_s:.2f} s")
+                  f"{b.metrics.registry.get_sample_value('viocluster_reclaim_seconds_sum'):.2f} s; "
+                  f"request->lender closed (reclaim playbook included) "
+                  f"{hb[S.CLOSED] - hb[S.RECLAIMING]:.2f} s; tick->closed {reclaim_s:.2f} s")
             return jobs
 
     asyncio.run(scenario())
