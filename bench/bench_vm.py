@@ -191,21 +191,28 @@ def main() -> int:
         for hv in hvs:
             res = Result(hv, accel if hv == "qemu" else None)
             for i in range(args.runs):
-                r = one_run(hv, acct, work, node, boot, accel, args.timeout)
+                try:
+                    r = one_run(hv, acct, work, node, boot, accel, args.timeout)
+                except RuntimeError as exc:
+                    print(f"  {hv} run {i + 1}: FAILED: {exc}", flush=True)
+                    continue
                 res.runs.append(r)
                 print(f"  {hv} run {i + 1}: ping {r.ping:.2f} s, slurmd:6818 {r.slurmd:.2f} s, "
                       f"kill {r.kill * 1000:.1f} ms, COW {r.cow / 1024:.0f} KiB", flush=True)
-            results.append(res)
+            if res.runs:
+                results.append(res)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         teardown()
     load = Path("/proc/loadavg").read_text().split()[:3]
-    print(f"\nCOW VM benchmark, compute-node image (node-{node['key']}), median of {args.runs}")
+    print(f"\nCOW VM benchmark, compute-node image (node-{node['key']}), median of the runs "
+          f"that came up ({args.runs} tried per hypervisor)")
     print(f"load average (1/5/15 min) at the end: {' '.join(load)}; "
           f"uptime: {sh('uptime').stdout.strip()}")
     print(f"{'hypervisor':<12}{'boot->ping':>12}{'boot->6818':>12}{'kill':>10}{'COW alloc':>12}")
     for res in results:
-        name = res.hypervisor + (f" ({res.accel})" if res.accel else "")
+        name = f"{res.hypervisor}" + (f"[{len(res.runs)}]" if len(res.runs) != args.runs else "")
+        name = name + (f" ({res.accel})" if res.accel else "")
         print(f"{name:<12}{res.median('ping'):>10.2f} s{res.median('slurmd'):>10.2f} s"
               f"{res.median('kill') * 1000:>7.1f} ms{res.median('cow') / 1024:>8.0f} KiB")
     print("boot->6818: slurmd listening on its port (slurm.conf from the config directory, "

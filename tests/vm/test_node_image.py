@@ -54,7 +54,7 @@ def test_node_vm_boots_sets_identity_and_starts_slurmd(lender, node_image, vm_ta
     os.chmod(cfg / "munge.key", 0o400)
     task = vm_task("node1", a, node_image, memory="256M", address="10.202.1.50/24",
                    hostname="vvmnode1", config_dir=str(cfg), ready_probe="tcp", ready_port=6818,
-                   ready_timeout=120, kernel_args=["vc_feat=borrowed"])
+                   ready_timeout=300, kernel_args=["vc_feat=borrowed"])
     r = run_play([task])
     t = r.task("node1")
     try:
