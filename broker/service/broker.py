@@ -407,9 +407,11 @@ class Broker:
             offer = offers[c.id]
             hosts = chosen.get(c.id, [])
             if not hosts:
-                self._advance(c, S.CLOSED, "no offered host fits the borrowing policy")
-                await self._send(name, self._msg(Decline, name, contract_id=c.id,
-                                                 reason="no offered host fits"))
+                fitting = any(cand[1].id == c.id for cand in candidates)
+                why = ("other offers fit better" if fitting
+                       else "no offered host fits the borrowing policy")
+                self._advance(c, S.CLOSED, why)
+                await self._send(name, self._msg(Decline, name, contract_id=c.id, reason=why))
                 continue
             nodes = tuple((h.name, vm_node_name(self.config.domain, c.id, i)) for i, h in enumerate(hosts))
             c = self._advance(c, S.AGREED, f"accepting {', '.join(h.name for h in hosts)} from {name}",

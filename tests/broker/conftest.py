@@ -36,6 +36,12 @@ def slurm_b():
     yield from _cluster("slurmb")
 
 
+@pytest.fixture(scope="session")
+def slurm_c():
+    """Domain C's Slurm, for trades among three domains."""
+    yield from _cluster("slurmc")
+
+
 @pytest.fixture
 def clean_queue(slurm):
     yield slurm
