@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -51,7 +52,8 @@ def up(inventory: Path, log=print) -> dict[str, float]:
         raise LabError(
             f"a lab is already up (state in {topology.STATE_DIR}); run `viocluster lab down` first"
         )
-    plan = topology.plan_from_inventory(read_inventory(inventory), rootfs="")
+    inventory_data = read_inventory(inventory)
+    plan = topology.plan_from_inventory(inventory_data, rootfs="")
     rootfs, built = ensure_rootfs(log=log)
     times["rootfs"] = built
     plan.rootfs = str(rootfs.path)
@@ -62,7 +64,54 @@ def up(inventory: Path, log=print) -> dict[str, float]:
         labhosts.destroy(plan)
         raise
     times["hosts"] = time.monotonic() - started
+    write_domain_keys(inventory_data, topology.STATE_DIR)
+    started = time.monotonic()
+    build_wheelhouse(topology.STATE_DIR / "wheels")
+    times["wheels"] = time.monotonic() - started
     return times
+
+
+def write_domain_keys(inventory: dict, state_dir: Path) -> None:
+    """Per domain, the secrets a real site keeps in a vault, made by the lab instead.
+
+    ``violin-<domain>.key``: the domain's virtual-network key. ``broker-<domain>``: the SSH key
+    the domain's broker logs in to lending hosts of peer domains with (its ``.pub`` goes into
+    the lending accounts' authorized_keys).
+    """
+    domains, _ = topology.domains_from_inventory(inventory)
+    for domain in domains:
+        path = state_dir / f"violin-{domain.name}.key"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_hex(32) + "\n")
+        broker_key = state_dir / f"broker-{domain.name}"
+        if not broker_key.exists():
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"broker@{domain.head}",
+                 "-f", str(broker_key)],
+                check=True, capture_output=True,
+            )
+
+
+def build_wheelhouse(dest: Path) -> None:
+    """Wheels of the project's own daemons and their dependencies, built once on this machine.
+
+    The hosts have no package registry; the roles copy these and install them offline
+    (pip --no-index). The lab inventory points the roles here.
+    """
+    sources = [p for p in (REPO / "switch",) if (p / "pyproject.toml").is_file()]
+    if not sources:
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+         "--no-build-isolation", "--wheel-dir", str(dest), *map(str, sources)],
+        capture_output=True, text=True, check=False,
+        env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000"},
+    )
+    if proc.returncode != 0:
+        raise LabError(f"building the daemons' wheels failed: {proc.stderr.strip()[-800:]}")
 
 
 def down(log=print) -> list[str]:

@@ -356,8 +356,12 @@ def _is_our_nspawn(pid: int, machine: str) -> bool:
     )
 
 
-def stop_hosts(hosts: list[Host], timeout: float = 15.0) -> None:
-    """Orderly poweroff (SIGTERM to nspawn), then SIGKILL what is left."""
+def stop_hosts(hosts: list[Host], timeout: float = 6.0) -> None:
+    """Orderly poweroff (SIGTERM to nspawn), then SIGKILL what is left after ``timeout``.
+
+    Nothing of a host outlives it: its processes die with its PID namespace, its mounts with
+    its mount namespace; the lab removes its network namespace and overlay afterwards.
+    """
     pids = [h.pid for h in hosts if h.pid and _is_our_nspawn(h.pid, h.machine)]
     for pid in pids:
         os.kill(pid, signal.SIGTERM)
