@@ -87,7 +87,7 @@ def write_config(
             "playbook_dir": str(HERE / "playbooks"),
             "inventory": str(HERE / "playbooks" / "hosts.ini"),
             "timeout_s": 120,
-            "admit_timeout_s": 30,
+            "admit_timeout_s": 60,
         },
     }
     for key, value in (extra or {}).items():
