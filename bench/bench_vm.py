@@ -146,6 +146,8 @@ def one_run(hv: str, acct: vmu.Account, work: Path, node: dict, boot: dict | Non
     console = work / "console"
     console.write_text("")
     os.chown(console, acct.uid, acct.gid)
+    if hv == "uml":
+        vmu.reset_tap_offloads(TAP)  # QEMU's offloads outlive it on the TAP
     t0 = time.monotonic()
     pid = vmu.spawn_detached(cmd, acct, str(console), acct.home)
     try:

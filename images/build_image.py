@@ -234,6 +234,10 @@ def build_node(work: Path, out: Path, key: str, mirror: str, cache: Path) -> dic
     for rel in ("etc/munge/munge.key", "etc/hostname", "etc/ssh/ssh_host_rsa_key"):
         (root / rel).unlink(missing_ok=True)
     (root / "etc" / "machine-id").write_text("")
+    # debootstrap copies the builder's resolv.conf: the guest gets its name servers (if any)
+    # from its domain, not from the build machine.
+    (root / "etc" / "resolv.conf").unlink(missing_ok=True)
+    (root / "etc" / "resolv.conf").write_text("")
     for p in (root / "var" / "cache" / "apt" / "archives").glob("*.deb"):
         p.unlink()
     for p in (root / "var" / "lib" / "apt" / "lists").glob("*_Packages"):

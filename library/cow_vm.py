@@ -250,6 +250,7 @@ from ansible.module_utils.viocluster_vm import (
     read_backing,
     read_limits,
     remove_tree,
+    reset_tap_offloads,
     spawn_detached,
     spawn_systemd,
     systemd_available,
@@ -423,6 +424,12 @@ def start(vm: VM, spec: VMSpec, cmd: list[str]) -> tuple[int, float]:
     if os.geteuid() == 0:
         os.chown(vm.console, account.uid, account.gid)
     os.chmod(vm.console, 0o600)
+    if spec.tap and spec.hypervisor == "uml":
+        try:
+            reset_tap_offloads(spec.tap)
+        except OSError as exc:
+            raise VMError(f"cannot attach to TAP {spec.tap} as {account.name}: {exc.strerror} "
+                          f"(is another VM using it?)") from exc
     launcher = p["launcher"]
     if launcher == "auto":
         launcher = "systemd" if systemd_available() else "session"

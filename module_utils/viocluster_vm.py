@@ -198,6 +198,23 @@ def tap_problem(tap: str, uid: int) -> str | None:
     return None
 
 
+TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
+
+
+def reset_tap_offloads(tap: str) -> None:
+    """Turn off the checksum/segmentation offloads a previous reader left on a persistent TAP.
+    QEMU enables them (vnet headers); they outlive it, and the next reader that does not speak
+    vnet headers (UML's tuntap) then gets TCP segments with partial checksums that it drops:
+    ping works, TCP does not. Any account that may attach to the TAP may do this."""
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", tap.encode(), 0x0002 | 0x1000))
+        fcntl.ioctl(fd, TUNSETOFFLOAD, 0)
+    finally:
+        os.close(fd)
+
+
 def _user_name(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
