@@ -479,15 +479,13 @@ class Broker:
             result = await asyncio.to_thread(self.scheduler.remove, node, f"viocluster-reclaim:{c.id}")
             requeued.extend(result.requeued)
         if self.switch_probe is not None and self.switch_probe.enabled:
-            keep = {h.address for o in self.store.contracts(open_only=True)
-                    if o.id != c.id and o.role is Role.BORROWER for h in o.offered
-                    if h.name in o.host_names}
-            for h in c.offered:
-                if h.name in c.host_names and h.address not in keep:
-                    try:
-                        await asyncio.to_thread(self.switch_probe.remove, h.address)
-                    except ProbeError as exc:
-                        log.warning("%s", exc)
+            keep = {h for o in self.store.contracts(open_only=True)
+                    if o.id != c.id and o.role is Role.BORROWER for h in o.host_names}
+            for host in sorted(set(c.host_names) - keep):
+                try:
+                    await asyncio.to_thread(self.switch_probe.remove, host)
+                except ProbeError as exc:
+                    log.warning("%s", exc)
         return requeued
 
     async def give_back(self, c: Contract, reason: str) -> Contract:

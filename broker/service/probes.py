@@ -1,7 +1,8 @@
 """Probes for what runs outside the scheduler: VMs on lending hosts, peers of switch daemons.
 
 A probe is two commands from the broker config: ``list`` prints one name a line (a VM's name,
-or a switch peer's address), ``remove`` removes one (``{name}`` in any argument is replaced).
+or the name of a switch peer added at run time, which borrow.yml names after the lending
+host), ``remove`` removes one (``{name}`` in any argument is replaced).
 The data-plane tools provide them (``violinctl peers``, the COW VM tooling); a probe with no
 ``list`` command is off, and reconciliation then leaves that part alone.
 """

@@ -33,7 +33,7 @@ class Observed:
     borrowed_nodes: frozenset[str]
     lent_nodes: frozenset[str]
     vms: frozenset[str] | None = None
-    switch_peers: frozenset[str] | None = None
+    switch_peers: frozenset[str] | None = None  # runtime peers, by lending host name
 
 
 @dataclass(frozen=True, order=True)
@@ -51,12 +51,12 @@ class Action:
 def plan(
     contracts: Iterable[Contract],
     observed: Observed,
-    vm_hosts: dict[str, str] | None = None,
     starting: bool = True,
 ) -> list[Action]:
     """The repairs, in a safe order: scheduler first, then VMs, then switch peers.
 
-    ``vm_hosts`` maps a lending host name to its address (the switch peer of its VMs).
+    Switch peers are named by lending host (``violinctl peers add HOST ADDRESS``); the switch
+    probe must list only the peers added at run time, never the domain's permanent members.
     ``starting``: the broker has just started, so nothing is in flight in this process.
     """
     actions: list[Action] = []
@@ -66,13 +66,7 @@ def plan(
     vm_names = {n for c in holding for n in c.node_names}
     borrowed_ok = {n for c in holding if c.role is Role.BORROWER for n in c.node_names}
     lent_ok = {h for c in holding if c.role is Role.LENDER for h in c.host_names}
-    peers_ok = {
-        (vm_hosts or {}).get(h.name, h.address)
-        for c in holding
-        if c.role is Role.BORROWER
-        for h in c.offered
-        if h.name in c.host_names
-    }
+    peers_ok = {h for c in holding if c.role is Role.BORROWER for h in c.host_names}
 
     for node in sorted(observed.borrowed_nodes - borrowed_ok):
         actions.append(Action("remove_node", node))

@@ -4,7 +4,7 @@ Both brokers run as real ``viocluster broker run`` processes over mutual TLS, ea
 real Slurm. The kill hits the broker's whole process group (as systemd's control-group kill
 does), playbook runs included. VMs and switch peers are FAKE here: the stand-in playbooks
 start a dynamic slurmd where a VM would boot and write the VM's name and the lending host's
-address into two files that the broker's VM and switch probes list and edit. The scheduler
+name (the switch peer) into two files that the broker's VM and switch probes list and edit. The scheduler
 side (borrowed node, requeue, lent node) is real.
 """
 
@@ -199,13 +199,13 @@ def test_killed_while_active_and_an_orphan_vm_and_peer_appear__fake_vm_and_switc
     with open(files / "vms", "a") as f:
         f.write("a-vorphan-0\n")
     with open(files / "peers", "a") as f:
-        f.write("10.204.9.9\n")
+        f.write("vbk-gone-host\n")
     a.start()
     deadline = time.monotonic() + 60
     while "a-vorphan-0" in (files / "vms").read_text() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert "a-vorphan-0" not in (files / "vms").read_text()
-    assert (files / "peers").read_text().split() == ["127.0.0.1"]
+    assert (files / "peers").read_text().split() == ["n1"]
     got = [x for x in a.contracts() if x.id == c.id][0]
     assert got.state is S.ACTIVE and slurm.node_state(node) in ("idle", "allocated", "mixed")
     _no_orphans(slurm, slurm_b, files, a.contracts())
