@@ -3,7 +3,7 @@
 Each run gets the contract's variables as extra vars, streams every task event into the
 broker's log (``broker.provisioning``), and keeps its artifacts under
 ``<state_dir>/runner/artifacts/<ident>``. :meth:`Executor.provision` runs the borrow playbook
-and, if it fails, the reclaim playbook with the same variables plus ``vbk_rollback: true`` to
+and, if it fails, the reclaim playbook with the same variables plus ``trade_rollback: true`` to
 undo what the first run did; the caller then marks the contract failed.
 """
 
@@ -164,11 +164,11 @@ class Executor:
         return result
 
     def provision(self, variables: Mapping[str, Any], ident: str) -> RunResult:
-        """Borrow playbook; on failure the reclaim playbook undoes it (``vbk_rollback``)."""
+        """Borrow playbook; on failure the reclaim playbook undoes it (``trade_rollback``)."""
         result = self.run(self.borrow_playbook, variables, f"{ident}-borrow")
         if not result.ok:
             undo = self.run(
-                self.reclaim_playbook, {**variables, "vbk_rollback": True}, f"{ident}-rollback"
+                self.reclaim_playbook, {**variables, "trade_rollback": True}, f"{ident}-rollback"
             )
             result.rolled_back = undo.ok
         return result

@@ -170,12 +170,12 @@ class Broker:
             vms.append({"name": node, "host": host,
                         "address": h.address if h else host, "account": h.account if h else ""})
         return {
-            "vbk_contract_id": c.id,
-            "vbk_role": c.role.value,
-            "vbk_borrower": c.borrower,
-            "vbk_lender": c.lender,
-            "vbk_vms": vms,
-            "vbk_needs": asdict(c.needs),
+            "trade_contract_id": c.id,
+            "trade_role": c.role.value,
+            "trade_borrower": c.borrower,
+            "trade_lender": c.lender,
+            "trade_vms": vms,
+            "trade_needs": asdict(c.needs),
         }
 
     async def _snapshot(self) -> Snapshot:
@@ -458,7 +458,7 @@ class Broker:
             except SchedulerError as exc:
                 await self._release_borrowed(c)
                 undo = await asyncio.to_thread(self.executor.reclaim,
-                                               {**variables, "vbk_rollback": True}, c.id)
+                                               {**variables, "trade_rollback": True}, c.id)
                 c = self._advance(c, S.FAILED, f"admission failed: {exc}; "
                                   f"rollback {'done' if undo.ok else 'FAILED'}")
                 await self._send(c.lender, self._msg(Return, c.lender, contract_id=c.id,
@@ -675,7 +675,7 @@ class Broker:
         """A borrow cut off by a restart: undo it with the reclaim playbook, mark it failed."""
         try:
             undo = await asyncio.to_thread(self.executor.reclaim,
-                                           {**self._vars(c), "vbk_rollback": True}, c.id)
+                                           {**self._vars(c), "trade_rollback": True}, c.id)
             self._advance(c, S.FAILED, "broker restarted during provisioning; rolled back"
                           + ("" if undo.ok else " (rollback playbook FAILED)"))
             await self._send(c.lender, self._msg(Return, c.lender, contract_id=c.id,

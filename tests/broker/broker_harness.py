@@ -113,10 +113,10 @@ def standin_vm_probe(cluster: Any, state: Path) -> dict[str, Any]:
 def standin_vars(cluster: Any, state: Path) -> dict[str, Any]:
     """Extra vars of the stand-in playbooks: where the borrower's Slurm is, where 'VMs' go."""
     return {
-        "vbk_test_netns": cluster.ns,
-        "vbk_test_slurm_conf": cluster.env["SLURM_CONF"],
-        "vbk_test_piddir": str(cluster.dir),
-        "vbk_test_state": str(state),
+        "trade_test_netns": cluster.ns,
+        "trade_test_slurm_conf": cluster.env["SLURM_CONF"],
+        "trade_test_piddir": str(cluster.dir),
+        "trade_test_state": str(state),
     }
 
 

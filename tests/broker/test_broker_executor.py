@@ -16,8 +16,8 @@ BORROW = """\
   tasks:
     - name: Write the contract's marker
       ansible.builtin.copy:
-        dest: "{{ out }}/borrowed-{{ vbk_contract_id }}"
-        content: "{{ vbk_nodes | join(',') }}"
+        dest: "{{ out }}/borrowed-{{ trade_contract_id }}"
+        content: "{{ trade_nodes | join(',') }}"
         mode: "0644"
     - name: Fail when told to
       ansible.builtin.fail:
@@ -32,14 +32,14 @@ RECLAIM = """\
   tasks:
     - name: Undo the marker
       ansible.builtin.file:
-        path: "{{ out }}/borrowed-{{ vbk_contract_id }}"
+        path: "{{ out }}/borrowed-{{ trade_contract_id }}"
         state: absent
     - name: Note a rollback
       ansible.builtin.copy:
-        dest: "{{ out }}/rolled-back-{{ vbk_contract_id }}"
+        dest: "{{ out }}/rolled-back-{{ trade_contract_id }}"
         content: "yes"
         mode: "0644"
-      when: vbk_rollback | default(false) | bool
+      when: trade_rollback | default(false) | bool
 """
 
 
@@ -60,7 +60,7 @@ def executor(tmp_path):
 def test_a_borrow_run_streams_its_events_to_the_log(executor, caplog):
     ex, out = executor
     caplog.set_level(logging.INFO, logger="broker.provisioning")
-    result = ex.provision({"vbk_contract_id": "a-c1", "vbk_nodes": ["a-v1", "a-v2"]}, "a-c1")
+    result = ex.provision({"trade_contract_id": "a-c1", "trade_nodes": ["a-v1", "a-v2"]}, "a-c1")
     assert result.ok and result.rolled_back is None, result.summary()
     assert (out / "borrowed-a-c1").read_text() == "a-v1,a-v2"
     lines = [r.getMessage() for r in caplog.records if r.name == "broker.provisioning"]
@@ -72,7 +72,7 @@ def test_a_borrow_run_streams_its_events_to_the_log(executor, caplog):
 def test_a_failed_borrow_is_rolled_back(executor, caplog):
     ex, out = executor
     caplog.set_level(logging.INFO, logger="broker.provisioning")
-    result = ex.provision({"vbk_contract_id": "a-c2", "vbk_nodes": ["a-v3"], "fail_here": True}, "a-c2")
+    result = ex.provision({"trade_contract_id": "a-c2", "trade_nodes": ["a-v3"], "fail_here": True}, "a-c2")
     assert not result.ok and result.rolled_back is True
     assert "boot failed on purpose" in result.failed_tasks[0]
     assert not (out / "borrowed-a-c2").exists()

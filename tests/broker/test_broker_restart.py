@@ -117,8 +117,8 @@ def pair(tmp_path, slurm, slurm_b):
         return {"list": ["cat", str(path)], "remove": ["sed", "-i", f"/^{{name}}$/d", str(path)]}
 
     def make(pause_borrow: int = 0, pause_reclaim: int = 0):
-        extravars = {**standin_vars(slurm, files), "vbk_test_pause": pause_borrow,
-                     "vbk_test_reclaim_pause": pause_reclaim}
+        extravars = {**standin_vars(slurm, files), "trade_test_pause": pause_borrow,
+                     "trade_test_reclaim_pause": pause_reclaim}
         common = {"executor": {"extravars": extravars}, "offer_ttl_s": 30, "interval_s": 1,
                   "request_timeout_s": 4,
                   "probes": {"vms": probe("vms"), "switch": probe("peers")}}
