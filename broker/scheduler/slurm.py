@@ -105,7 +105,16 @@ def _count(value: Any) -> int:
         return 0
 
 
+# Jobs that left the queue; ``squeue --json`` still lists them for MinJobAge (300 s by
+# default), unlike plain ``squeue``, which shows only jobs that are queued or running.
+FINISHED_STATES = frozenset({
+    "boot_fail", "cancelled", "completed", "deadline", "failed", "node_fail",
+    "out_of_memory", "preempted", "revoked", "timeout",
+})
+
+
 def parse_squeue_json(text: str) -> tuple[Job, ...]:
+    """The jobs still queued or running, from ``squeue --json``."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -115,6 +124,8 @@ def parse_squeue_json(text: str) -> tuple[Job, ...]:
         state = raw.get("job_state", "")
         if isinstance(state, list):  # later Slurm versions: a list of flags
             state = state[0] if state else ""
+        if str(state).lower() in FINISHED_STATES:
+            continue
         nodes_text = raw.get("nodes") or ""
         jobs.append(
             Job(
