@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -176,8 +177,21 @@ def test_clear_failures_change_nothing(lender, busybox_image, vm_task, tmp_path)
     assert stale.exists(), "a failed check must not delete the COW"
     assert not Path(a.home, ".uml", "slow").exists()
     assert not netns_ping("10.202.1.41")
-    ps = subprocess.run(["pgrep", "-u", a.name, "-x", "linux"], capture_output=True, text=True)
-    assert ps.stdout.strip() == "", "no VM of vvma may be left running"
+    assert live_vm_processes(a.name) == [], "no VM of vvma may be left running"
+
+
+def live_vm_processes(user: str, settle: float = 10.0) -> list[str]:
+    """The user's ``linux`` processes that are not zombies, once the host has had ``settle``
+    seconds to reap what a kill left (this machine's PID 1 reaps orphans lazily)."""
+    deadline = time.monotonic() + settle
+    while True:
+        ps = subprocess.run(["ps", "-u", user, "-o", "pid=,stat=,comm="],
+                            capture_output=True, text=True)
+        live = [line.split()[0] for line in ps.stdout.splitlines()
+                if line.split()[2:] == ["linux"] and not line.split()[1].startswith("Z")]
+        if not live or time.monotonic() > deadline:
+            return live
+        time.sleep(0.2)
 
 
 def test_limits_file_caps_vms(lender, busybox_image, vm_task, tmp_path):
