@@ -138,12 +138,32 @@ def pair(tmp_path, slurm, slurm_b):
     yield brokers, files
     for p in procs:
         p.stop()
+    _end_orphan_playbooks(tmp_path)
     for pidfile in slurm.dir.glob("slurmd-a-*.pid"):
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pidfile.read_text()), signal.SIGKILL)
         pidfile.unlink()
     reset(slurm)
     reset(slurm_b)
+
+
+def _end_orphan_playbooks(tmp_path: Path) -> None:
+    """A broker killed with SIGKILL leaves the playbook it was running (ansible-runner starts
+    it in a session of its own; systemd's KillMode=control-group ends it in production). End
+    the ones this test's brokers started - found by this test's own directory on their
+    command line - by process group."""
+    mine = str(tmp_path)
+    own = {os.getpid(), os.getpgrp()}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in own:
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            pgid = os.getpgid(int(entry.name))
+            if mine in cmdline and pgid not in own:
+                os.killpg(pgid, signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
 
 
 def _demand(cluster, jobs: int = 4) -> None:
