@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.errors import ConfigError
-from broker.scheduler.base import SchedulerError
+from broker.scheduler.base import SchedulerAdapter, SchedulerError
 
 
 @dataclass(frozen=True)
@@ -70,4 +70,34 @@ def reject_unknown(options: dict[str, Any], source: str, allowed: Sequence[str])
         raise ConfigError(
             f"{source}: unknown key(s) {', '.join(extra)}; allowed: "
             f"kind, command_prefix, env, timeout_s, {', '.join(allowed)}"
+        )
+
+
+class CommandAdapter(SchedulerAdapter):
+    """A scheduler driven through its command-line tools: the runner and the options every
+    such adapter shares (the feature marking borrowed nodes, the reason marking lent ones)."""
+
+    default_poll_s = 0.1
+
+    def __init__(
+        self,
+        runner: CommandRunner | None = None,
+        borrowed_feature: str = "borrowed",
+        lent_reason: str = "viocluster-lent",
+        poll_s: float | None = None,
+    ) -> None:
+        self.run = (runner or CommandRunner()).run
+        self.borrowed_feature = borrowed_feature
+        self.lent_reason = lent_reason
+        self.poll_s = self.default_poll_s if poll_s is None else poll_s
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], source: str) -> "CommandAdapter":
+        options = dict(options)
+        runner = runner_from_options(options, source)
+        reject_unknown(options, source, ("borrowed_feature", "lent_reason"))
+        return cls(
+            runner,
+            borrowed_feature=str(options.get("borrowed_feature", "borrowed")),
+            lent_reason=str(options.get("lent_reason", "viocluster-lent")),
         )

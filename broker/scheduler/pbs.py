@@ -30,7 +30,7 @@ from broker.scheduler.base import (
     SchedulerError,
     Snapshot,
 )
-from broker.scheduler.command import CommandRunner, reject_unknown, runner_from_options
+from broker.scheduler.command import CommandAdapter
 
 _JOB_STATES = {"Q": "pending", "H": "held", "W": "waiting", "R": "running", "E": "exiting"}
 
@@ -94,31 +94,10 @@ def parse_pbsnodes_json(text: str, feature: str) -> tuple[Node, ...]:
     return tuple(nodes)
 
 
-class PbsAdapter(SchedulerAdapter):
+class PbsAdapter(CommandAdapter):
     """A PBS Professional / OpenPBS domain. UNTESTED against a live server (see above)."""
 
-    def __init__(
-        self,
-        runner: CommandRunner | None = None,
-        borrowed_feature: str = "borrowed",
-        lent_reason: str = "viocluster-lent",
-        poll_s: float = 0.5,
-    ) -> None:
-        self.run = (runner or CommandRunner()).run
-        self.borrowed_feature = borrowed_feature
-        self.lent_reason = lent_reason
-        self.poll_s = poll_s
-
-    @classmethod
-    def from_options(cls, options: dict[str, Any], source: str) -> PbsAdapter:
-        options = dict(options)
-        runner = runner_from_options(options, source)
-        reject_unknown(options, source, ("borrowed_feature", "lent_reason"))
-        return cls(
-            runner,
-            borrowed_feature=str(options.get("borrowed_feature", "borrowed")),
-            lent_reason=str(options.get("lent_reason", "viocluster-lent")),
-        )
+    default_poll_s = 0.5
 
     def snapshot(self) -> Snapshot:
         jobs = parse_qstat_json(self.run("qstat", "-f", "-F", "json"))

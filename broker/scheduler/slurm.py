@@ -26,7 +26,7 @@ from broker.scheduler.base import (
     SchedulerError,
     Snapshot,
 )
-from broker.scheduler.command import CommandRunner, reject_unknown, runner_from_options
+from broker.scheduler.command import CommandAdapter
 
 SINFO_FORMAT = "%N|%T|%f|%c|%m|%e|%E"
 _STATE_FLAGS = "*~#!%$@^-+"
@@ -138,33 +138,10 @@ def parse_squeue_json(text: str) -> tuple[Job, ...]:
     return tuple(jobs)
 
 
-class SlurmAdapter(SchedulerAdapter):
+class SlurmAdapter(CommandAdapter):
     """A Slurm domain, driven through its command-line tools."""
 
-    def __init__(
-        self,
-        runner: CommandRunner | None = None,
-        borrowed_feature: str = "borrowed",
-        lent_reason: str = "viocluster-lent",
-        poll_s: float = 0.1,
-    ) -> None:
-        self.run = (runner or CommandRunner()).run
-        self.borrowed_feature = borrowed_feature
-        self.lent_reason = lent_reason
-        self.poll_s = poll_s
-
-    @classmethod
-    def from_options(cls, options: dict[str, Any], source: str) -> SlurmAdapter:
-        options = dict(options)
-        runner = runner_from_options(options, source)
-        reject_unknown(options, source, ("borrowed_feature", "lent_reason"))
-        return cls(
-            runner,
-            borrowed_feature=str(options.get("borrowed_feature", "borrowed")),
-            lent_reason=str(options.get("lent_reason", "viocluster-lent")),
-        )
-
-    # ------------------------------------------------------------------ reading
+    default_poll_s = 0.1
 
     def jobs(self) -> tuple[Job, ...]:
         return parse_squeue_json(self.run("squeue", "--json"))
