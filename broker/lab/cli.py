@@ -66,7 +66,8 @@ def up(inventory: Path, log=print) -> dict[str, float]:
     times["hosts"] = time.monotonic() - started
     write_domain_keys(inventory_data, topology.STATE_DIR)
     started = time.monotonic()
-    build_wheelhouse(topology.STATE_DIR / "wheels")
+    build_wheelhouse(topology.STATE_DIR / "wheels", [REPO / "switch"])
+    build_wheelhouse(topology.STATE_DIR / "broker-wheels", [REPO], constraints=REPO / "requirements.txt")
     times["wheels"] = time.monotonic() - started
     return times
 
@@ -94,24 +95,27 @@ def write_domain_keys(inventory: dict, state_dir: Path) -> None:
             )
 
 
-def build_wheelhouse(dest: Path) -> None:
-    """Wheels of the project's own daemons and their dependencies, built once on this machine.
+def build_wheelhouse(dest: Path, sources: list[Path], constraints: Path | None = None) -> None:
+    """Wheels of the project's own distributions and their dependencies, built on this machine.
 
     The hosts have no package registry; the roles copy these and install them offline
-    (pip --no-index). The lab inventory points the roles here.
+    (pip --no-index). The lab inventory points the roles here: ``wheels`` holds violin-switch
+    (every host), ``broker-wheels`` viocluster (the brokers on the head nodes), pinned to the
+    versions of ``requirements.txt``.
     """
-    sources = [p for p in (REPO / "switch",) if (p / "pyproject.toml").is_file()]
+    sources = [p for p in sources if (p / "pyproject.toml").is_file()]
     if not sources:
         return
     dest.mkdir(parents=True, exist_ok=True)
+    pin = ["--constraint", str(constraints)] if constraints and constraints.is_file() else []
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-         "--no-build-isolation", "--wheel-dir", str(dest), *map(str, sources)],
+         "--no-build-isolation", *pin, "--wheel-dir", str(dest), *map(str, sources)],
         capture_output=True, text=True, check=False,
         env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000"},
     )
     if proc.returncode != 0:
-        raise LabError(f"building the daemons' wheels failed: {proc.stderr.strip()[-800:]}")
+        raise LabError(f"building the wheels in {dest} failed: {proc.stderr.strip()[-800:]}")
 
 
 def down(log=print) -> list[str]:

@@ -60,7 +60,8 @@ S = ContractState
 _RTT = re.compile(r"time=([0-9.]+) ms")
 
 
-def measure_host(host: LendingHost, cpus: int, memory_mb: int, site: str) -> HostOffer:
+def measure_host(host: LendingHost, cpus: int, memory_mb: int, site: str,
+                 borrower: str = "") -> HostOffer:
     """The host as it is now: CPUs and free memory (from the scheduler), free disk where the
     COWs go (statvfs here, or ``df`` through ``measure_prefix``), and the RTT to it (ping)."""
     disk_gb = 0
@@ -83,8 +84,8 @@ def measure_host(host: LendingHost, cpus: int, memory_mb: int, site: str) -> Hos
         rtt = float(found.group(1)) if found else None
     except (OSError, subprocess.SubprocessError):
         rtt = None
-    return HostOffer(host.node, host.address, host.account, max(cpus, 1), memory_mb, disk_gb,
-                     site, rtt)
+    account = host.account.replace("{borrower}", borrower)
+    return HostOffer(host.node, host.address, account, max(cpus, 1), memory_mb, disk_gb, site, rtt)
 
 
 def _policy_terms(terms: Terms) -> PolicyTerms:
@@ -253,7 +254,8 @@ class Broker:
             memory = node.memory_mb
             if node.free_memory_mb is not None:
                 memory = min(memory, node.free_memory_mb) if memory else node.free_memory_mb
-            offers.append(await asyncio.to_thread(measure_host, h, node.cpus, memory, self.config.site))
+            offers.append(await asyncio.to_thread(measure_host, h, node.cpus, memory, self.config.site,
+                                                  m.sender))
         terms = _wire_terms(self.policy.reclamation.terms)
         c, t = Contract.propose(m.contract_id, Role.LENDER, m.sender, self.config.domain,
                                 m.nodes, m.needs, terms, now)

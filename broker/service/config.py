@@ -46,7 +46,7 @@ class LendingHost:
 
     node: str
     address: str
-    account: str
+    account: str  # may hold "{borrower}": the peer domain's name goes there
     disk_path: str = "/var/lib/viocluster"
     measure_prefix: tuple[str, ...] = ()  # empty: the host is this machine (measure here)
 
@@ -104,6 +104,14 @@ class BrokerConfig:
             if peer.fingerprint == fingerprint:
                 return peer
         return None
+
+
+def _account(r: "_Reader", raw: Any, path: str) -> str:
+    """An account name, or a pattern with ``{borrower}`` (one account per peer domain)."""
+    if isinstance(raw, str) and "{borrower}" in raw:
+        r.name(raw.replace("{borrower}", "x"), path)
+        return raw
+    return r.name(raw, path)
 
 
 class _Reader:
@@ -235,7 +243,7 @@ def parse_config(raw: Any, source: str, base: Path) -> BrokerConfig:
             LendingHost(
                 node=r.name(obj["node"], f"{where}.node"),
                 address=r.name(obj["address"], f"{where}.address"),
-                account=r.name(obj["account"], f"{where}.account"),
+                account=_account(r, obj["account"], f"{where}.account"),
                 disk_path=r.text(obj.get("disk_path", "/var/lib/viocluster"), f"{where}.disk_path"),
                 measure_prefix=r.commands(obj.get("measure_prefix", []), f"{where}.measure_prefix"),
             )
