@@ -78,7 +78,10 @@ class Contract:
     """A loan of ``len(hosts)`` machines from ``lender`` to ``borrower``.
 
     ``nodes`` maps each agreed lending host to the name the VM gets in the borrower's
-    scheduler; it is filled when the contract is agreed.
+    scheduler; it is filled when the contract is agreed. ``addresses`` maps each VM node name
+    to its address in the borrower's virtual subnet (``"10.210.1.70/24"``); the borrower fills
+    it from its VM address pool in the same step, and it stays empty without a pool (the
+    playbook then derives the address) and on the lender's side.
     """
 
     id: str
@@ -94,6 +97,7 @@ class Contract:
     offered: tuple[HostOffer, ...] = ()
     nodes: tuple[tuple[str, str], ...] = ()
     reason: str = ""
+    addresses: tuple[tuple[str, str], ...] = ()
 
     @property
     def peer(self) -> str:
@@ -102,6 +106,11 @@ class Contract:
     @property
     def node_names(self) -> tuple[str, ...]:
         return tuple(node for _host, node in self.nodes)
+
+    @property
+    def address_of(self) -> dict[str, str]:
+        """VM node name -> its address (``"10.210.1.70/24"``), for the VMs that have one."""
+        return dict(self.addresses)
 
     @property
     def host_names(self) -> tuple[str, ...]:

@@ -165,11 +165,15 @@ class Broker:
 
     def _vars(self, c: Contract) -> dict[str, Any]:
         offered = {h.name: h for h in c.offered}
+        ips = c.address_of
         vms = []
         for host, node in c.nodes:
             h = offered.get(host)
-            vms.append({"name": node, "host": host,
-                        "address": h.address if h else host, "account": h.account if h else ""})
+            vm = {"name": node, "host": host,
+                  "address": h.address if h else host, "account": h.account if h else ""}
+            if node in ips:
+                vm["ip"] = ips[node]  # "10.210.1.70/24"; without it borrow.yml derives one
+            vms.append(vm)
         return {
             "trade_contract_id": c.id,
             "trade_role": c.role.value,
@@ -368,6 +372,17 @@ class Broker:
         """Ask every peer for ``wanted`` nodes, take the offers that fit best, agree, provision."""
         if wanted <= 0 or not self.config.peers:
             return []
+        pool = self.config.vm_pool
+        if pool is not None:
+            free = pool.free(self.store.addresses_in_use())
+            if free <= 0:
+                log.warning("need %d node(s), but the VM address pool %s has no free address "
+                            "(all held by open contracts); not borrowing", wanted, pool)
+                return []
+            if free < wanted:
+                log.warning("need %d node(s), but the VM address pool %s has %d free "
+                            "address(es); asking for %d", wanted, pool, free, free)
+                wanted = free
         now = self.clock()
         needs = Needs(**self.config.needs)
         asks: list[tuple[str, Contract, Request]] = []
@@ -415,9 +430,29 @@ class Broker:
                 self._advance(c, S.CLOSED, why)
                 await self._send(name, self._msg(Decline, name, contract_id=c.id, reason=why))
                 continue
+            if pool is not None:
+                free = pool.free(self.store.addresses_in_use())
+                if free < len(hosts):
+                    log.warning("contract %s: the VM address pool %s has %d free address(es) "
+                                "for %d host(s); taking %d", c.id, pool, free, len(hosts), free)
+                    hosts = hosts[:max(free, 0)]
+                if not hosts:
+                    why = f"no free address in the VM address pool {pool}"
+                    self._advance(c, S.CLOSED, why)
+                    await self._send(name, self._msg(Decline, name, contract_id=c.id, reason=why))
+                    continue
             nodes = tuple((h.name, vm_node_name(self.config.domain, c.id, i)) for i, h in enumerate(hosts))
-            c = self._advance(c, S.AGREED, f"accepting {', '.join(h.name for h in hosts)} from {name}",
-                              offered=offer.hosts, terms=offer.terms, nodes=nodes)
+            with self.store.transaction():  # the VMs' addresses are taken with the agreement
+                addresses: tuple[tuple[str, str], ...] = ()
+                if pool is not None:
+                    ips = pool.allocate(len(nodes), self.store.addresses_in_use())
+                    addresses = tuple(zip((n for _h, n in nodes), ips))
+                c = self._advance(c, S.AGREED, f"accepting {', '.join(h.name for h in hosts)} from {name}",
+                                  offered=offer.hosts, terms=offer.terms, nodes=nodes,
+                                  addresses=addresses)
+            if addresses:
+                log.info("contract %s: VM addresses %s", c.id,
+                         ", ".join(f"{n} {a}" for n, a in addresses))
             reply = await self._send(name, self._msg(Accept, name, contract_id=c.id,
                                                      hosts=tuple(h.name for h in hosts)))
             if not reply.ok:
@@ -703,7 +738,8 @@ class Broker:
             "peers": {p: {"last_seen": self.peer_seen.get(p)} for p in self.config.peers},
             "contracts": [
                 {"id": c.id, "role": c.role.value, "peer": c.peer, "state": c.state.value,
-                 "nodes": list(c.node_names), "updated_at": c.updated_at, "reason": c.reason}
+                 "nodes": list(c.node_names), "addresses": [a for _n, a in c.addresses],
+                 "updated_at": c.updated_at, "reason": c.reason}
                 for c in contracts
             ],
             "repairs": self.repairs[-20:],

@@ -139,6 +139,7 @@ def _status(args: argparse.Namespace) -> int:
             "peers": {p: {"last_seen": None} for p in config.peers},
             "contracts": [{"id": c.id, "role": c.role.value, "peer": c.peer,
                            "state": c.state.value, "nodes": list(c.node_names),
+                           "addresses": [a for _n, a in c.addresses],
                            "updated_at": c.updated_at, "reason": c.reason} for c in contracts],
         }
     if args.json:
@@ -165,8 +166,10 @@ def _status(args: argparse.Namespace) -> int:
 
 def _contract_table(contracts: list[dict[str, Any]]) -> str:
     rows = [[c["id"], c["role"], c["peer"], c["state"], ",".join(c["nodes"]) or "-",
-             _when(c["updated_at"]), c["reason"][:60]] for c in contracts]
-    return _table(rows, ["CONTRACT", "ROLE", "PEER", "STATE", "NODES", "SINCE", "REASON"])
+             ",".join(c.get("addresses") or []) or "-", _when(c["updated_at"]), c["reason"][:60]]
+            for c in contracts]
+    return _table(rows, ["CONTRACT", "ROLE", "PEER", "STATE", "NODES", "ADDRESSES", "SINCE",
+                         "REASON"])
 
 
 def _contracts(args: argparse.Namespace) -> int:
@@ -189,6 +192,7 @@ def _contracts(args: argparse.Namespace) -> int:
         contracts = store.contracts(open_only=not args.all)
         print(_contract_table([{"id": c.id, "role": c.role.value, "peer": c.peer,
                                 "state": c.state.value, "nodes": list(c.node_names),
+                                "addresses": [a for _n, a in c.addresses],
                                 "updated_at": c.updated_at, "reason": c.reason}
                                for c in contracts]))
     finally:

@@ -17,13 +17,14 @@ import yaml
 from broker.errors import ConfigError
 from broker.negotiation.messages import NAME_RE
 from broker.policy import DomainPolicy, load_policy, parse_policy
+from broker.service.addresses import AddressPool, PoolError
 from broker.service.tls import TlsFiles
 
 FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 TOP_KEYS = {
     "domain", "site", "state_dir", "listen", "status_listen", "tls", "peers", "policy",
     "interval_s", "request_timeout_s", "offer_ttl_s", "needs", "scheduler", "lending",
-    "executor", "probes",
+    "executor", "probes", "vm_addresses",
 }
 
 
@@ -94,6 +95,7 @@ class BrokerConfig:
     executor: ExecutorConfig
     vm_probe: ProbeConfig
     switch_probe: ProbeConfig
+    vm_pool: AddressPool | None = None  # None: borrow.yml derives each VM's address from its name
 
     @property
     def db_path(self) -> Path:
@@ -278,6 +280,14 @@ def parse_config(raw: Any, source: str, base: Path) -> BrokerConfig:
         if found[kind].enabled and not found[kind].remove:
             raise r.fail(f"probes.{kind}", "a probe that lists must also say how to remove")
 
+    vm_pool = None
+    if top.get("vm_addresses") is not None:
+        va = r.mapping(top["vm_addresses"], "vm_addresses", {"pool", "prefixlen"}, {"pool"})
+        try:
+            vm_pool = AddressPool.parse(va["pool"], va.get("prefixlen", 24))
+        except PoolError as exc:
+            raise r.fail(f"vm_addresses.{exc.where}", exc.message) from None
+
     return BrokerConfig(
         source=source,
         domain=domain,
@@ -297,4 +307,5 @@ def parse_config(raw: Any, source: str, base: Path) -> BrokerConfig:
         executor=executor,
         vm_probe=found["vms"],
         switch_probe=found["switch"],
+        vm_pool=vm_pool,
     )

@@ -4,6 +4,10 @@ The database runs in WAL mode with ``synchronous=FULL``: a transition that :meth
 returned from is on disk, so a broker killed right after loses nothing. Every change of a
 contract and the log line that explains it are written in one transaction; a save whose
 ``from`` state no longer matches the row (someone else moved the contract) is refused.
+
+The VM addresses a borrower gave a contract (from its pool, ``broker.service.addresses``) are
+kept in the contract's row; a contract holds them while it is open. A write that would let two
+open contracts hold one address is refused.
 """
 
 from __future__ import annotations
@@ -20,8 +24,15 @@ from typing import Any
 from broker.errors import UserError
 from broker.negotiation.contracts import Contract, ContractState, Role, Transition
 from broker.negotiation.messages import HostOffer, Needs, Terms
+from broker.service.addresses import address_of
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# schema 1 had no addresses column; a database of schema 1 gets it (empty lists) on opening
+MIGRATIONS = {
+    1: "ALTER TABLE contracts ADD COLUMN addresses TEXT NOT NULL DEFAULT '[]'",
+}
+COLUMNS = ("id, role, borrower, lender, state, created_at, updated_at, requested, needs, terms, "
+           "offered, nodes, reason, addresses")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS contracts (
@@ -37,7 +48,8 @@ CREATE TABLE IF NOT EXISTS contracts (
     terms TEXT NOT NULL,
     offered TEXT NOT NULL,
     nodes TEXT NOT NULL,
-    reason TEXT NOT NULL
+    reason TEXT NOT NULL,
+    addresses TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS contracts_state ON contracts(state);
 CREATE TABLE IF NOT EXISTS transitions (
@@ -69,6 +81,10 @@ class StaleContract(StoreError):
     """A contract changed under us: the save was based on a state it is no longer in."""
 
 
+class AddressInUse(StoreError):
+    """A VM address would be held by two open contracts at once."""
+
+
 @dataclass(frozen=True)
 class SeenMessage:
     id: str
@@ -93,11 +109,16 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
+            fresh = self._db.execute(
+                "SELECT count(*) FROM sqlite_master WHERE name='contracts'").fetchone()[0] == 0
+            row = None if fresh else self._db.execute(
+                "SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is not None and int(row[0]) in MIGRATIONS:
+                row = self._migrate()
             self._db.executescript(SCHEMA)
-            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
                 self._db.execute(
-                    "INSERT INTO meta(key, value) VALUES('schema', ?)", (str(SCHEMA_VERSION),)
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES('schema', ?)", (str(SCHEMA_VERSION),)
                 )
             elif int(row[0]) != SCHEMA_VERSION:
                 raise StoreError(
@@ -110,6 +131,22 @@ class Store:
                 "and its permissions, or move a damaged file aside"
             ) from None
         self._depth = 0
+
+    def _migrate(self) -> tuple[str]:
+        """Bring an older database up to :data:`SCHEMA_VERSION` in one transaction (another
+        process may have done it meanwhile: the version is read again under the lock)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0])
+            while version in MIGRATIONS:
+                self._db.execute(MIGRATIONS[version])
+                version += 1
+            self._db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(version),))
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        return (str(version),)
 
     def close(self) -> None:
         with self._lock:
@@ -143,11 +180,12 @@ class Store:
         with self.transaction():
             try:
                 self._db.execute(
-                    "INSERT INTO contracts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO contracts({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     _contract_row(contract),
                 )
             except sqlite3.IntegrityError:
                 raise StaleContract(f"contract {contract.id} exists already") from None
+            self._check_addresses(contract)
             self._log(transition)
 
     def save(self, contract: Contract, transition: Transition) -> None:
@@ -156,8 +194,8 @@ class Store:
             row = _contract_row(contract)
             cur = self._db.execute(
                 "UPDATE contracts SET role=?, borrower=?, lender=?, state=?, created_at=?, "
-                "updated_at=?, requested=?, needs=?, terms=?, offered=?, nodes=?, reason=? "
-                "WHERE id=? AND state=?",
+                "updated_at=?, requested=?, needs=?, terms=?, offered=?, nodes=?, reason=?, "
+                "addresses=? WHERE id=? AND state=?",
                 (*row[1:], row[0], transition.from_state.value if transition.from_state else ""),
             )
             if cur.rowcount != 1:
@@ -167,7 +205,37 @@ class Store:
                     f"{now.state.value if now else 'unknown'}, not "
                     f"{transition.from_state.value if transition.from_state else 'new'}"
                 )
+            self._check_addresses(contract)
             self._log(transition)
+
+    def _check_addresses(self, contract: Contract) -> None:
+        """Refuse (and so roll back) a write that would give an open contract a VM address
+        another open contract holds."""
+        if contract.state.final or not contract.addresses:
+            return
+        held = self.addresses_in_use(exclude=contract.id)
+        for node, address in contract.addresses:
+            other = held.get(address_of(address))
+            if other is not None:
+                raise AddressInUse(
+                    f"contract {contract.id}: address {address} of {node} is held by the open "
+                    f"contract {other}"
+                )
+
+    def addresses_in_use(self, exclude: str | None = None) -> dict[str, str]:
+        """VM address (bare, ``10.210.1.70``) -> the open contract holding it.
+
+        Every contract not ``closed`` or ``failed`` holds its addresses; ending it frees them.
+        """
+        final = tuple(s.value for s in ContractState if s.final)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id, addresses FROM contracts WHERE addresses != '[]' "
+                f"AND state NOT IN ({','.join('?' * len(final))})",
+                final,
+            ).fetchall()
+        return {address_of(a): cid for cid, addresses in rows if cid != exclude
+                for _node, a in json.loads(addresses)}
 
     def _log(self, t: Transition) -> None:
         self._db.execute(
@@ -178,12 +246,12 @@ class Store:
 
     def get(self, contract_id: str) -> Contract | None:
         with self._lock:
-            row = self._db.execute("SELECT * FROM contracts WHERE id=?", (contract_id,)).fetchone()
+            row = self._db.execute(f"SELECT {COLUMNS} FROM contracts WHERE id=?", (contract_id,)).fetchone()
         return _contract(row) if row else None
 
     def contracts(self, *, open_only: bool = False, peer: str | None = None) -> list[Contract]:
         with self._lock:
-            rows = self._db.execute("SELECT * FROM contracts ORDER BY created_at, id").fetchall()
+            rows = self._db.execute(f"SELECT {COLUMNS} FROM contracts ORDER BY created_at, id").fetchall()
         found = [_contract(r) for r in rows]
         if open_only:
             found = [c for c in found if not c.state.final]
@@ -245,6 +313,7 @@ def _contract_row(c: Contract) -> tuple[Any, ...]:
         json.dumps([asdict(h) for h in c.offered]),
         json.dumps([list(n) for n in c.nodes]),
         c.reason,
+        json.dumps([list(a) for a in c.addresses]),
     )
 
 
@@ -263,4 +332,5 @@ def _contract(row: tuple[Any, ...]) -> Contract:
         offered=tuple(HostOffer(**h) for h in json.loads(row[10])),
         nodes=tuple((h, n) for h, n in json.loads(row[11])),
         reason=row[12],
+        addresses=tuple((n, a) for n, a in json.loads(row[13])),
     )

@@ -51,6 +51,22 @@ def test_a_minimal_config_loads_with_defaults(tmp_path, base):
         (lambda c: c.update(policy={"lending": {"fraction_idle": 3}}), "lending.fraction_idle"),
         (lambda c: c.update(probes={"vms": {"list": ["true"]}}), "probes.vms: a probe that lists must also say how to remove"),
         (lambda c: c.update(lending={"hosts": [{"node": "n1"}]}), "lending.hosts[0]: missing key(s) account, address"),
+        (lambda c: c.update(vm_addresses="10.207.1.0/24"), "vm_addresses: expected a mapping"),
+        (lambda c: c.update(vm_addresses={"prefixlen": 24}), "vm_addresses: missing key(s) pool"),
+        (lambda c: c.update(vm_addresses={"pool": "10.207.1.0/24", "size": 3}),
+         "vm_addresses: unknown key(s) size"),
+        (lambda c: c.update(vm_addresses={"pool": "10.207.1.70/26"}),
+         "vm_addresses.pool: got '10.207.1.70/26': host bits are set; did you mean 10.207.1.64/26?"),
+        (lambda c: c.update(vm_addresses={"pool": "10.207.0.0/16", "prefixlen": 24}),
+         "vm_addresses.pool: 10.207.0.0/16 does not fit in one /24 network"),
+        (lambda c: c.update(vm_addresses={"pool": ["10.207.1.0/28", "10.207.1.10"]}),
+         "vm_addresses.pool[1]: 10.207.1.10 overlaps pool[0] (10.207.1.0/28)"),
+        (lambda c: c.update(vm_addresses={"pool": ["10.207.1.0/28", "10.207.2.0/28"]}),
+         "vm_addresses.pool[1]: 10.207.2.0/28 is outside 10.207.1.0/24"),
+        (lambda c: c.update(vm_addresses={"pool": "10.207.1.0/28", "prefixlen": 32}),
+         "vm_addresses.prefixlen: got 32; expected an integer from 1 to 30"),
+        (lambda c: c.update(vm_addresses={"pool": "ten"}),
+         "vm_addresses.pool: got 'ten'; expected an IPv4 network"),
     ],
 )
 def test_mistakes_are_named(tmp_path, base, change, words):
@@ -58,6 +74,16 @@ def test_mistakes_are_named(tmp_path, base, change, words):
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, base))
     assert words in str(err.value)
+
+
+def test_a_vm_address_pool_is_read(tmp_path, base):
+    assert load_config(_write(tmp_path, base)).vm_pool is None
+    base["vm_addresses"] = {"pool": ["10.207.1.64/26", "10.207.1.200-10.207.1.209"], "prefixlen": 24}
+    pool = load_config(_write(tmp_path, base)).vm_pool
+    assert pool.size == 74 and str(pool.network) == "10.207.1.0/24"
+    base["vm_addresses"] = {"pool": "10.207.0.0/22", "prefixlen": 16}  # prefixlen: the VMs' subnet
+    # never the network address
+    assert load_config(_write(tmp_path, base)).vm_pool.allocate(1, []) == ("10.207.0.1/16",)
 
 
 def test_yaml_errors_give_the_line(tmp_path):

@@ -36,7 +36,9 @@ def domains(tmp_path, slurm, slurm_b):
     vms.mkdir()
     # B's reclaim playbook stops the stand-in "VM", which runs in A's Slurm namespace
     extra = {"executor": {"extravars": standin_vars(slurm, vms)}}
-    conf_a = write_config(tmp_path / "a.yml", "a", pa, pki, {"b": pb}, slurm, extra)
+    # A gives its borrowed VMs addresses from a pool of its virtual subnet
+    conf_a = write_config(tmp_path / "a.yml", "a", pa, pki, {"b": pb}, slurm,
+                          {**extra, "vm_addresses": {"pool": "10.207.1.64/26", "prefixlen": 24}})
     # the lender stops a VM at once through its VM probe, then runs reclaim.yml to clean up
     conf_b = write_config(tmp_path / "b.yml", "b", pb, pki, {"a": pa}, slurm_b,
                           {**extra, "probes": {"vms": standin_vm_probe(slurm, vms)}})
@@ -82,6 +84,9 @@ def test_two_brokers_trade_a_node_and_the_lender_reclaims_it(domains, slurm, slu
             assert a.scheduler.snapshot().node(node).idle
             assert b.store.get(cb.id).state is S.ACTIVE  # followed A through the heartbeat
             assert (vms / "vms").read_text().split() == [node]
+            # the VM got the pool's first address, kept with the contract, passed to the playbook
+            assert ca.addresses == ((node, "10.207.1.64/24"),) and cb.addresses == ()
+            assert (vms / "ips").read_text().split() == [node, "10.207.1.64/24"]
 
             # a job runs on the borrowed node
             job = _submit(slurm, "-p", "loan", "-C", "borrowed", "--wrap", "sleep 300")
@@ -104,6 +109,7 @@ def test_two_brokers_trade_a_node_and_the_lender_reclaims_it(domains, slurm, slu
             assert (vms / "vms").read_text().split() == []
             assert not (slurm.dir / f"slurmd-{node}.pid").exists()
             assert b.scheduler.snapshot().lent == ()
+            assert a.store.addresses_in_use() == {}  # the closed contract freed its address
             ha = {t.to_state: t.at for t in a.store.history(ca.id)}
             hb = {t.to_state: t.at for t in b.store.history(cb.id)}
             print(f"\nTRADE ask->agreed {ha[S.AGREED] - ha[S.PROPOSED]:.2f} s; "
