@@ -1,9 +1,9 @@
 """violin-switchd: the I/O around the sans-I/O switch.
 
-Two data threads, one per direction, each blocking in its own system call (read on the TAP,
-recvfrom on the UDP socket), so a frame is forwarded as soon as it arrives with no event loop
-in between; a thread for the control socket; the main thread waits for signals (SIGHUP reloads
-the config file, SIGTERM/SIGINT stop).
+One data thread serves both directions from one epoll set (the TAP and the UDP socket): a ping's
+request and its reply are handled by the same thread, so no frame waits for another thread to
+wake up or for the GIL to be handed over (docs/switch.md, "Latency"). A thread serves the control
+socket; the main thread waits for signals (SIGHUP reloads the config file, SIGTERM/SIGINT stop).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import argparse
 import errno
 import logging
 import os
+import select
 import signal
 import socket
 import socketserver
@@ -69,51 +70,64 @@ class Daemon:
         self.control: socketserver.UnixStreamServer | None = None
 
     # ------------------------------------------------------------------ data path
-    def tap_to_peers(self) -> None:
-        fd, sock, switch = self.tap.fd, self.sock, self.switch
-        buf = bytearray(MAX_DATAGRAM + 64)
-        view = memoryview(buf)
-        readv, sendto, from_tap = os.readv, sock.sendto, switch.from_tap
-        while True:
-            try:
-                n = readv(fd, [buf])
-            except OSError as err:
-                if err.errno in (errno.EINTR, errno.EAGAIN):
-                    continue
-                log.error("reading TAP %s failed: %s; stopping", self.tap.name, err.strerror)
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            datagram, targets = from_tap(view[:n])
-            sent = 0
-            for target in targets:
-                try:
-                    sendto(datagram, target)
-                    sent += 1
-                except OSError as err:
-                    switch.send_failed("too_big" if err.errno == errno.EMSGSIZE else "send_error")
-            switch.tx.datagrams += sent
+    def forward(self) -> None:
+        """The data path: one thread serves both directions from one epoll set.
 
-    def peers_to_tap(self) -> None:
-        fd, sock, switch = self.tap.fd, self.sock, self.switch
-        buf = bytearray(MAX_DATAGRAM + 64)
-        view = memoryview(buf)
-        recvfrom_into, write, from_peer = sock.recvfrom_into, os.write, switch.from_peer
-        rx = switch.rx
+        Each wake-up handles at most one frame per ready descriptor and goes back to ``poll``
+        (level-triggered, so a queue that is not empty is reported again at once): no read is
+        tried on an empty descriptor, so the usual path raises no exception. A reply that the
+        kernel queues on the TAP while the request is written to it is read by the same thread
+        right after, with no other thread to wake and no GIL to hand over.
+        """
+        tap_fd, sock, switch = self.tap.fd, self.sock, self.switch
+        os.set_blocking(tap_fd, False)
+        tbuf = bytearray(MAX_DATAGRAM + 64)
+        tview, tbufs = memoryview(tbuf), [tbuf]
+        rbuf = bytearray(MAX_DATAGRAM + 64)
+        rview = memoryview(rbuf)
+        readv, write, sendto, recvfrom_into = os.readv, os.write, sock.sendto, sock.recvfrom_into
+        from_tap, from_peer = switch.from_tap, switch.from_peer
+        tx, rx = switch.tx, switch.rx
+        dontwait = socket.MSG_DONTWAIT
+        poller = select.epoll(2)
+        poller.register(tap_fd, select.EPOLLIN)
+        poller.register(sock.fileno(), select.EPOLLIN)
+        poll = poller.poll
         while True:
-            try:
-                n, source = recvfrom_into(buf)
-            except OSError:
-                continue  # e.g. ICMP errors reported on the socket; nothing lost here
-            try:
-                frame = from_peer(source, view[:n])
-            except Drop:
-                continue
-            try:
-                write(fd, frame)
-                rx.frames += 1
-                rx.bytes += len(frame)
-            except OSError:
-                rx.drops["tap_write"] += 1
+            for fd, _ in poll():
+                if fd == tap_fd:
+                    try:
+                        n = readv(tap_fd, tbufs)
+                    except BlockingIOError:
+                        continue
+                    except OSError as err:
+                        if err.errno == errno.EINTR:
+                            continue
+                        log.error("reading TAP %s failed: %s; stopping", self.tap.name, err.strerror)
+                        os.kill(os.getpid(), signal.SIGTERM)
+                        return
+                    datagram, targets = from_tap(tview[:n])
+                    for target in targets:
+                        try:
+                            sendto(datagram, target)
+                            tx.datagrams += 1
+                        except OSError as err:
+                            switch.send_failed("too_big" if err.errno == errno.EMSGSIZE else "send_error")
+                else:
+                    try:
+                        n, source = recvfrom_into(rbuf, 0, dontwait)
+                    except OSError:
+                        continue  # nothing after all, or an ICMP error reported on the socket
+                    try:
+                        frame = from_peer(source, rview[:n])
+                    except Drop:
+                        continue
+                    try:
+                        write(tap_fd, frame)
+                        rx.frames += 1
+                        rx.bytes += len(frame)
+                    except OSError:
+                        rx.drops["tap_write"] += 1
 
     # ------------------------------------------------------------------ control
     def reload(self) -> dict:
@@ -180,8 +194,7 @@ class Daemon:
             from prometheus_client import start_http_server
 
             start_http_server(config.metrics[1], config.metrics[0], registry=self.registry)
-        for target in (self.tap_to_peers, self.peers_to_tap):
-            threading.Thread(target=target, name=target.__name__, daemon=True).start()
+        threading.Thread(target=self.forward, name="forward", daemon=True).start()
         log.info("violin-switchd %s up: network %s (id %d), TAP %s, %s:%d, %d peer(s), cipher %s",
                  __version__, config.network, config.network_id, config.tap, config.listen,
                  config.port, len(self.switch.peers), config.cipher)
