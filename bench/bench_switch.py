@@ -3,7 +3,7 @@
 
 Two network namespaces joined by a veth pair (the "physical" link), as in the project's anchor
 harness; each overlay gets a TAP per namespace with 10.201.77.1/2 and is measured with iperf3
-(TCP, 1 stream and 4 streams) and ping (200 x 10 ms, average RTT). Variants:
+(TCP, 1 stream and 4 streams) and ping (200 x 10 ms: mean and median RTT). Variants:
 
   direct          the veth itself (the RTT every overlay adds to)
   violin          violin-switchd, AES-256-GCM, TAP MTU 1500, physical MTU 1500, TSO super-frames
@@ -14,11 +14,16 @@ harness; each overlay gets a TAP per namespace with 10.201.77.1/2 and is measure
   violin_64k      physical MTU 65000: super-frames travel unfragmented (the moonshot setting)
   tinc_none       tinc 1.0 switch mode, Cipher/Digest none
   vde_plug        vde_plug tap:// <-> udp://
+  py_naive        the least a Python forwarder does: one epoll loop, read a frame, send it (no
+                  header, no authentication): the floor for any Python data path
+  py_aes          the same plus AES-256-GCM on every frame (nonce, tag): the floor for an
+                  authenticated Python data path
 
 Daemons run as an unprivileged uid on TAPs root made for it. Everything lives in a temp dir and
 in namespaces named vsw-b*, all removed at the end (also on Ctrl-C).
 
 usage: bench_switch.py [--time 10] [--runs 1] [--variants violin,tinc_none,...] [--quiet 40]
+                       [--ping-interval 0.01] [--no-tcp]
 """
 
 from __future__ import annotations
@@ -43,7 +48,47 @@ NS_A, NS_B = "vsw-bA", "vsw-bB"
 PHY_A, PHY_B = "10.201.0.1", "10.201.0.2"
 VIRT_A, VIRT_B = "10.201.77.1", "10.201.77.2"
 ALL = ["direct", "violin", "violin_nocrypt", "violin_gso8k", "violin_nooffload", "violin_fit", "violin_64k",
-       "tinc_none", "vde_plug"]
+       "tinc_none", "vde_plug", "py_naive", "py_aes"]
+
+# The reference Python forwarders (py_naive, py_aes): argv = TAP name, own address, peer address,
+# port, "aes" or "none". One thread, one epoll set, one frame per ready descriptor.
+PY_FORWARDER = r"""
+import os, select, socket, sys
+import pytun
+tap, me, peer, port, cipher = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+dev = pytun.TunTapDevice(name=tap, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
+fd = dev.fileno()
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((me, port))
+dst = (peer, port)
+ep = select.epoll()
+ep.register(fd, select.EPOLLIN)
+ep.register(sock.fileno(), select.EPOLLIN)
+if cipher == "none":
+    while True:
+        for f, _ in ep.poll():
+            if f == fd:
+                sock.sendto(os.read(fd, 65536), dst)
+            else:
+                os.write(fd, sock.recv(65536))
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+aead = AESGCM(bytes(range(32)))
+counter = 0
+rbuf, sbuf, obuf = bytearray(65600), bytearray(65600), bytearray(65600)
+rview, sview, oview = memoryview(rbuf), memoryview(sbuf), memoryview(obuf)
+while True:
+    for f, _ in ep.poll():
+        if f == fd:
+            n = os.readv(fd, [rbuf])
+            counter += 1
+            sview[:12] = counter.to_bytes(12, "big")
+            aead.encrypt_into(sview[:12], rview[:n], None, sview[12:28 + n])
+            sock.sendto(sview[:28 + n], dst)
+        else:
+            n = sock.recv_into(rbuf)
+            aead.decrypt_into(rview[:12], rview[12:n], None, oview[:n - 28])
+            os.write(fd, oview[:n - 28])
+"""
 DEFAULT = ["direct", "violin", "violin_64k", "tinc_none", "vde_plug"]
 
 
@@ -220,6 +265,18 @@ class Bench:
             self.ifup(ns, "vswvde", vip, 1500)
         return "vde_plug tap:// <-> udp://, tap mtu1500"
 
+    def py_forwarder(self, cipher: str) -> str:
+        self.setup_phys()
+        script = self.work / "py_forwarder.py"
+        script.write_text(PY_FORWARDER)
+        for ns, me, peer in ((NS_A, PHY_A, PHY_B), (NS_B, PHY_B, PHY_A)):
+            self.start(ns, sys.executable, str(script), "vswpy", me, peer, "5301", cipher,
+                       logname=f"py-{ns}.log")
+        for ns, vip in ((NS_A, VIRT_A), (NS_B, VIRT_B)):
+            self.wait_dev(ns, "vswpy")
+            self.ifup(ns, "vswpy", vip, 1500)
+        return f"Python epoll forwarder, one frame per datagram, {'AES-256-GCM' if cipher == 'aes' else 'no authentication'}"
+
     def variant(self, name: str) -> tuple[str, str]:
         if name == "direct":
             self.setup_phys()
@@ -233,6 +290,8 @@ class Bench:
             "violin_fit": lambda: self.violin(offload=False, tap_mtu=1412),
             "tinc_none": self.tinc_none,
             "vde_plug": self.vde_plug,
+            "py_naive": lambda: self.py_forwarder("none"),
+            "py_aes": lambda: self.py_forwarder("aes"),
         }
         return VIRT_B, makers[name]()
 
@@ -258,14 +317,16 @@ class Bench:
         except (ValueError, KeyError):
             return 0.0, cpu
 
-    def ping(self, target: str, count: int = 200) -> float:
-        out = nsx(NS_A, "ping", "-n", "-q", "-c", str(count), "-i", "0.01", target, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("rtt"):
-                return float(line.split("=")[1].split("/")[1]) * 1000
-        return float("nan")
+    def ping(self, target: str, count: int = 200, interval: float = 0.01) -> tuple[float, float]:
+        """Mean and median RTT in us of ``count`` pings ``interval`` s apart."""
+        out = nsx(NS_A, "ping", "-n", "-c", str(count), "-i", str(interval), target, check=False).stdout
+        rtts = [float(word[5:]) * 1000 for line in out.splitlines() for word in line.split()
+                if word.startswith("time=")]
+        if not rtts:
+            return float("nan"), float("nan")
+        return statistics.mean(rtts), statistics.median(rtts)
 
-    def measure(self, name: str, seconds: int) -> dict:
+    def measure(self, name: str, seconds: int, interval: float = 0.01, tcp: bool = True) -> dict:
         target, note = self.variant(name)
         for _ in range(60):
             if nsx(NS_A, "ping", "-c1", "-W1", target, check=False).returncode == 0:
@@ -276,11 +337,14 @@ class Bench:
         self.start(NS_B, "iperf3", "-s", "-p", "5299", daemon=False)
         nsx(NS_A, "ping", "-c", "5", "-i", "0.05", target, check=False)
         time.sleep(0.5)
-        rtt = self.ping(target)
-        tcp1, cpu1 = self.iperf(target, seconds, 1)
-        time.sleep(0.5)
-        tcp4, _ = self.iperf(target, seconds, 4)
-        return {"variant": name, "tcp1": tcp1, "tcp4": tcp4, "rtt": rtt, "cpu": cpu1, "note": note}
+        rtt, rtt_median = self.ping(target, interval=interval)
+        tcp1 = tcp4 = cpu1 = 0.0
+        if tcp:
+            tcp1, cpu1 = self.iperf(target, seconds, 1)
+            time.sleep(0.5)
+            tcp4, _ = self.iperf(target, seconds, 4)
+        return {"variant": name, "tcp1": tcp1, "tcp4": tcp4, "rtt": rtt, "rtt_median": rtt_median,
+                "cpu": cpu1, "note": note}
 
 
 def table(rows: list[dict], runs: int) -> str:
@@ -288,10 +352,11 @@ def table(rows: list[dict], runs: int) -> str:
     for row in rows:
         by.setdefault(row["variant"], []).append(row)
     direct = statistics.mean(r["rtt"] for r in by["direct"]) if "direct" in by else None
+    direct_median = statistics.mean(r["rtt_median"] for r in by["direct"]) if "direct" in by else None
     peers = [statistics.mean(r["tcp1"] for r in by[v]) for v in ("tinc_none", "vde_plug") if v in by]
     best_peer = max(peers) if peers else None
     out = ["| variant | TCP 1 stream Mb/s | TCP 4 streams Mb/s | x best peer (1 stream) | RTT us | "
-           "added RTT us | daemons CPU % | load1 | note |", "|" + "---|" * 9]
+           "added RTT us | RTT median us | added median us | daemons CPU % | load1 | note |", "|" + "---|" * 11]
     for name, rs in by.items():
         t1 = statistics.mean(r["tcp1"] for r in rs)
         t4 = statistics.mean(r["tcp4"] for r in rs)
@@ -299,7 +364,9 @@ def table(rows: list[dict], runs: int) -> str:
         spread = f" ({min(r['tcp1'] for r in rs):.0f}-{max(r['tcp1'] for r in rs):.0f})" if runs > 1 else ""
         ratio = f"{t1 / best_peer:.2f}" if best_peer else "-"
         added = f"{rtt - direct:+.0f}" if direct is not None and name != "direct" else "-"
-        out.append(f"| {name} | {t1:.0f}{spread} | {t4:.0f} | {ratio} | {rtt:.0f} | {added} | "
+        med = statistics.mean(r["rtt_median"] for r in rs)
+        added_med = f"{med - direct_median:+.0f}" if direct_median is not None and name != "direct" else "-"
+        out.append(f"| {name} | {t1:.0f}{spread} | {t4:.0f} | {ratio} | {rtt:.0f} | {added} | {med:.0f} | {added_med} | "
                    f"{statistics.mean(r['cpu'] for r in rs):.0f} | {max(r['load1'] for r in rs):.2f} | "
                    f"{rs[0]['note']} |")
     return "\n".join(out)
@@ -314,6 +381,10 @@ def main() -> int:
     ap.add_argument("--quiet", type=float, default=40,
                     help="before each variant, wait until other load is below this %% of one core")
     ap.add_argument("--quiet-wait", type=int, default=120, help="... but at most this many seconds")
+    ap.add_argument("--ping-interval", type=float, default=0.01,
+                    help="seconds between pings (default 0.01; the daemons sleep in between, so a "
+                         "longer gap finds colder caches)")
+    ap.add_argument("--no-tcp", action="store_true", help="ping only, no iperf3")
     args = ap.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     unknown = set(variants) - set(ALL)
@@ -335,14 +406,16 @@ def main() -> int:
                 load1 = os.getloadavg()[0]
                 log(f"run {run}: {name} (other load {busy:.0f}% of a core, load1 {load1:.2f})")
                 try:
-                    row = bench.measure(name, args.time)
+                    row = bench.measure(name, args.time, args.ping_interval, not args.no_tcp)
                 except (RuntimeError, subprocess.SubprocessError) as err:
                     log(f"{name} failed: {err}")
-                    row = {"variant": name, "tcp1": 0.0, "tcp4": 0.0, "rtt": float("nan"), "cpu": 0.0,
+                    row = {"variant": name, "tcp1": 0.0, "tcp4": 0.0, "rtt": float("nan"),
+                           "rtt_median": float("nan"), "cpu": 0.0,
                            "note": f"FAILED: {err}"}
                 row.update(run=run, load1=load1, busy=busy)
                 rows.append(row)
-                log(f"  {row['tcp1']:.0f} Mb/s (1), {row['tcp4']:.0f} Mb/s (4), RTT {row['rtt']:.0f} us, "
+                log(f"  {row['tcp1']:.0f} Mb/s (1), {row['tcp4']:.0f} Mb/s (4), RTT {row['rtt']:.0f} us "
+                    f"(median {row['rtt_median']:.0f}), "
                     f"daemons {row['cpu']:.0f}% CPU")
                 bench.teardown()
     except KeyboardInterrupt:
