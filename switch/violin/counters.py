@@ -1,4 +1,4 @@
-"""Counters of a daemon, kept per direction so that each data thread writes only its own."""
+"""Counters of a daemon, kept per direction (TAP -> peers, peers -> TAP)."""
 
 from __future__ import annotations
 

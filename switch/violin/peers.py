@@ -42,7 +42,7 @@ def check_peer(name: object, address: object, port: object) -> tuple[str, str, i
 
 
 class PeerTable:
-    """Peers by UDP address. Readers (the data threads) take ``snapshot``: a dict replaced whole on
+    """Peers by UDP address. Readers (the data thread) take ``snapshot``: a dict replaced whole on
     every change, so a lookup never sees a half-made table and needs no lock."""
 
     def __init__(self, peers: list[Peer] | None = None) -> None:
