@@ -6,10 +6,12 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 OUT ?= out
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-down test lint bench-sim bench-switch bench-vm lab-up lab-down clean help
+.PHONY: setup demo demo-down simulate test lint bench-sim bench-switch bench-vm lab-up lab-down clean help
 
 help:
-	@echo "make demo   set up, then run the main job"
+	@echo "make demo   set up, then run the main job: two lab domains trade a machine"
+	@echo "make demo-down  remove the lab the demo leaves up"
+	@echo "make simulate   the trace-driven simulator on its synthetic workload"
 	@echo "make test   set up, then run every test"
 	@echo "make lint   ansible-lint (production profile) and yamllint"
 	@echo "make bench-sim     simulator benchmark on the real traces"
@@ -21,7 +23,10 @@ setup:
 	@./scripts/bootstrap.sh
 
 demo: setup
-	viocluster simulate --preset demo --out $(OUT)/demo
+	viocluster lab demo --out $(OUT)/demo
+
+simulate: setup
+	viocluster simulate --preset demo --out $(OUT)/simulate
 
 test: setup
 	python -m pytest $(PYTEST_ARGS)

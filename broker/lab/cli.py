@@ -66,8 +66,7 @@ def up(inventory: Path, log=print) -> dict[str, float]:
     times["hosts"] = time.monotonic() - started
     write_domain_keys(inventory_data, topology.STATE_DIR)
     started = time.monotonic()
-    build_wheelhouse(topology.STATE_DIR / "wheels", [REPO / "switch"])
-    build_wheelhouse(topology.STATE_DIR / "broker-wheels", [REPO], constraints=REPO / "requirements.txt")
+    build_wheels()
     times["wheels"] = time.monotonic() - started
     return times
 
@@ -93,6 +92,12 @@ def write_domain_keys(inventory: dict, state_dir: Path) -> None:
                  "-f", str(broker_key)],
                 check=True, capture_output=True,
             )
+
+
+def build_wheels() -> None:
+    """The wheelhouses the lab inventory points the roles at (rebuilt: sources may have changed)."""
+    build_wheelhouse(topology.STATE_DIR / "wheels", [REPO / "switch"])
+    build_wheelhouse(topology.STATE_DIR / "broker-wheels", [REPO], constraints=REPO / "requirements.txt")
 
 
 def build_wheelhouse(dest: Path, sources: list[Path], constraints: Path | None = None) -> None:
@@ -171,6 +176,24 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0 if all(alive for _, _, alive in rows) else 1
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from broker.lab.demo import DemoSettings, demo
+
+    demo(DemoSettings(inventory=args.inventory, out=args.out, jobs_a=args.jobs_a,
+                      jobs_b=args.jobs_b, job_seconds=args.job_seconds))
+    return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     lab = subparsers.add_parser("lab", help="the one-machine lab: up, down, status")
     sub = lab.add_subparsers(dest="lab_command", metavar="ACTION")
@@ -179,6 +202,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p_up.add_argument("-i", "--inventory", type=Path, default=DEFAULT_INVENTORY,
                       help="lab inventory (default: inventories/lab)")
     p_up.set_defaults(func=_cmd_up)
+    p_demo = sub.add_parser("demo", help="the live trade: lab up, site.yml, a burst on A, A borrows "
+                                         "a machine of B, a burst on B, B reclaims it")
+    p_demo.add_argument("-i", "--inventory", type=Path, default=DEFAULT_INVENTORY,
+                        help="lab inventory (default: inventories/lab)")
+    p_demo.add_argument("--out", type=Path, default=Path("out/demo"),
+                        help="where site.log, timeline.txt and summary.json go (default: out/demo)")
+    p_demo.add_argument("--jobs-a", type=_positive, default=8, help="jobs in A's burst (default 8)")
+    p_demo.add_argument("--jobs-b", type=_positive, default=3, help="jobs in B's burst (default 3)")
+    p_demo.add_argument("--job-seconds", type=_positive, default=15,
+                        help="how long each job works (default 15)")
+    p_demo.set_defaults(func=_cmd_demo)
     p_down = sub.add_parser("down", help="power the lab off and remove all of it")
     p_down.set_defaults(func=_cmd_down)
     p_status = sub.add_parser("status", help="list the lab's hosts")

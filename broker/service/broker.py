@@ -484,6 +484,8 @@ class Broker:
             result = await asyncio.to_thread(self.executor.provision, variables, c.id)
             self.metrics.playbooks.labels(playbook="borrow", result="ok" if result.ok else "failed").inc()
             if not result.ok:
+                # a VM that booted before the failure may have joined the scheduler: take it out
+                await self._release_borrowed(c)
                 c = self._advance(c, S.FAILED, f"borrow playbook: {result.summary()}")
                 await self._send(c.lender, self._msg(Return, c.lender, contract_id=c.id,
                                                      reason="provisioning failed"))

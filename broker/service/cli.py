@@ -46,6 +46,8 @@ def register(subparsers: Any) -> None:
     contracts.add_argument("--config", required=True, type=Path)
     contracts.add_argument("--all", action="store_true", help="closed and failed ones too")
     contracts.add_argument("--history", metavar="ID", help="every transition of one contract")
+    contracts.add_argument("--json", action="store_true",
+                           help="print JSON: the contracts (with --all, every one) and each one's transitions")
     contracts.set_defaults(func=_contracts)
 
 
@@ -190,6 +192,17 @@ def _contracts(args: argparse.Namespace) -> int:
             print(_table(rows, ["AT", "FROM", "TO", "REASON"]))
             return 0
         contracts = store.contracts(open_only=not args.all)
+        if args.json:
+            print(json.dumps([{
+                "id": c.id, "role": c.role.value, "peer": c.peer, "state": c.state.value,
+                "nodes": list(c.node_names), "hosts": list(c.host_names),
+                "addresses": [a for _n, a in c.addresses], "created_at": c.created_at,
+                "updated_at": c.updated_at, "reason": c.reason,
+                "transitions": [{"at": t.at, "from": t.from_state.value if t.from_state else None,
+                                 "to": t.to_state.value, "reason": t.reason}
+                                for t in store.history(c.id)],
+            } for c in contracts], indent=2))
+            return 0
         print(_contract_table([{"id": c.id, "role": c.role.value, "peer": c.peer,
                                 "state": c.state.value, "nodes": list(c.node_names),
                                 "addresses": [a for _n, a in c.addresses],

@@ -1,0 +1,372 @@
+"""``viocluster lab demo``: two lab domains trade a machine for real, and the demo tells how.
+
+Steps: the lab up (kept if it is up already), ``playbooks/site.yml`` (brokers included), a
+burst of jobs on domain A; broker A borrows a machine of B (a COW VM booted as B's peer
+account, on A's virtual network, in A's Slurm) and A's jobs run on it. Then a burst on B: B
+reclaims, the VM is killed, A's job on it is requeued and finishes on A's own nodes. The demo
+watches through SSH (job states, the VM's process) and the brokers' contract logs, prints a
+timeline and a summary, checks the outcome, and leaves the lab up (``viocluster lab down``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from broker.errors import UserError
+from broker.lab import hosts as labhosts
+from broker.lab import topology
+from broker.lab.timeline import Event, JobRun, build_report, format_summary, format_timeline, parse_job_output
+
+REPO = Path(__file__).resolve().parents[2]
+BROKER_CLI = "/opt/viocluster/broker/bin/viocluster"
+BROKER_CONFIG = "/etc/viocluster-broker/broker.yml"
+TARGETS = {"agreed_to_idle_s": 10.0, "reclaim_to_requeued_s": 3.0, "reclaim_to_vm_gone_s": 3.0}
+JOB_SCRIPT = """#!/bin/sh
+# A job of the VioCluster demo: says where it runs, works a while, says where it finished.
+echo "start $(hostname) $(date +%s.%N)"
+sleep {seconds}
+echo "done $(hostname) $(date +%s.%N)"
+"""
+
+
+class DemoError(UserError):
+    """The demo could not run, or the trade did not happen as it should; the message says why."""
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    inventory: Path
+    out: Path
+    jobs_a: int = 8
+    jobs_b: int = 3
+    job_seconds: int = 15
+    phase_timeout_s: float = 180.0
+
+
+class Shell:
+    """Commands on lab hosts over one persistent SSH connection each."""
+
+    def __init__(self, plan: labhosts.Plan) -> None:
+        self.addresses = {h.name: h.ip for h in plan.hosts}
+        self.key = str(plan.key_file)
+        self.control_dir = tempfile.mkdtemp(prefix="vlab-demo-ssh-")
+
+    def _argv(self, host: str, command: str) -> list[str]:
+        return ["ssh", "-i", self.key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+                "-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_dir}/%h",
+                "-o", "ControlPersist=120", f"root@{self.addresses[host]}", command]
+
+    def run(self, host: str, command: str, check: bool = True, timeout: float = 60.0) -> str:
+        try:
+            proc = subprocess.run(self._argv(host, command), capture_output=True, text=True,
+                                  timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+        except subprocess.TimeoutExpired:
+            raise DemoError(f"{host}: `{command}` did not finish within {timeout:g} s") from None
+        if check and proc.returncode != 0:
+            raise DemoError(f"{host}: `{command}` failed (exit {proc.returncode}): "
+                            f"{(proc.stderr or proc.stdout).strip()[-400:]}")
+        return proc.stdout
+
+    def close(self) -> None:
+        for host, address in self.addresses.items():
+            subprocess.run(["ssh", "-o", f"ControlPath={self.control_dir}/%h", "-O", "exit",
+                            f"root@{address}"], capture_output=True, check=False)
+        try:
+            for entry in Path(self.control_dir).iterdir():
+                entry.unlink()
+            os.rmdir(self.control_dir)
+        except OSError:
+            pass
+
+
+class Watcher:
+    """Polls in the background and records what changes, with the time it was seen."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def note(self, who: str, what: str, at: float | None = None) -> None:
+        with self.lock:
+            self.events.append(Event(at if at is not None else time.time(), who, what))
+
+    def every(self, period: float, probe: Callable[[], None]) -> None:
+        def loop() -> None:
+            while not self.stop.is_set():
+                try:
+                    probe()
+                except DemoError:
+                    pass  # a missed poll is retried; the phase timeouts catch a dead host
+                self.stop.wait(period)
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=10)
+
+
+class Queue:
+    """Domain A's jobs as squeue shows them, and what became of each job."""
+
+    def __init__(self, shell: Shell, head: str, watcher: Watcher, vm_prefix: str) -> None:
+        self.shell, self.head, self.watcher, self.vm_prefix = shell, head, watcher, vm_prefix
+        self.lock = threading.Lock()
+        self.where: dict[str, str] = {}  # job -> node it runs on now ("" when pending)
+        self.ran_on_vm_done: set[str] = set()
+        self.requeued: set[str] = set()
+        self.jobs: set[str] = set()
+
+    def poll(self) -> None:
+        out = self.shell.run(self.head, "squeue -h -o '%i %T %N'", timeout=20)
+        now = time.time()
+        seen: dict[str, tuple[str, str]] = {}
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] in self.jobs:
+                seen[parts[0]] = (parts[1], parts[2] if len(parts) > 2 else "")
+        with self.lock:
+            for job in self.jobs:
+                before = self.where.get(job)
+                state, node = seen.get(job, ("GONE", ""))
+                now_on = node if state in ("RUNNING", "COMPLETING") else ""
+                if state == "GONE":
+                    if before and before.startswith(self.vm_prefix):
+                        self.ran_on_vm_done.add(job)
+                    if before is not None and before != "done":
+                        self.watcher.note("A", f"job {job} finished on {before or 'its node'}", now)
+                    self.where[job] = "done"
+                    continue
+                if before == "done":
+                    continue
+                if now_on and now_on != before:
+                    self.watcher.note("A", f"job {job} running on {now_on}", now)
+                if before and before.startswith(self.vm_prefix) and now_on != before:
+                    self.requeued.add(job)
+                    self.watcher.note("A", f"job requeued: {job} taken off {before} ({state.lower()})", now)
+                self.where[job] = now_on
+
+    def snapshot(self) -> dict[str, str]:
+        with self.lock:
+            return dict(self.where)
+
+
+def _log_step(log: Callable[[str], None], origin: float, text: str) -> None:
+    log(f"[{time.time() - origin:7.2f} s] {text}")
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float, period: float = 0.3) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise DemoError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(period)
+
+
+def _contracts(shell: Shell, head: str, all_: bool = True) -> list[dict]:
+    flag = " --all" if all_ else ""
+    out = shell.run(head, f"{BROKER_CLI} contracts --config {BROKER_CONFIG}{flag} --json", timeout=30)
+    try:
+        return json.loads(out)
+    except ValueError as exc:
+        raise DemoError(f"{head}: `viocluster contracts --json` gave no JSON ({exc})") from None
+
+
+def _ansible_playbook() -> str:
+    beside = Path(sys.executable).parent / "ansible-playbook"
+    found = str(beside) if beside.exists() else shutil.which("ansible-playbook")
+    if not found:
+        raise DemoError("ansible-playbook not found: run the demo with `make demo` (it sets up the "
+                        "virtualenv) or from the project's virtualenv")
+    return found
+
+
+def run_site(inventory: Path, out: Path, log: Callable[[str], None]) -> tuple[float, dict[str, int]]:
+    """ansible-playbook site.yml with its output in out/site.log; returns the seconds it took
+    and the hosts it changed something on (with the count)."""
+    out.mkdir(parents=True, exist_ok=True)
+    logfile = out / "site.log"
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    started = time.monotonic()
+    with logfile.open("w") as fh:
+        proc = subprocess.run([_ansible_playbook(), "-i", str(inventory), str(REPO / "playbooks" / "site.yml")],
+                              stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO, check=False)
+    took = time.monotonic() - started
+    text = logfile.read_text(errors="replace")
+    recap = text[text.rfind("PLAY RECAP"):] if "PLAY RECAP" in text else ""
+    if proc.returncode != 0:
+        raise DemoError(f"site.yml failed (exit {proc.returncode}) after {took:.0f} s; its output is in "
+                        f"{logfile}; the end of it:\n{text[-2500:]}")
+    changed = {host: int(n) for host, n in re.findall(r"^(\S+)\s*:.*?changed=(\d+)", recap, re.M)
+               if int(n)}
+    log(f"site.yml done in {took:.0f} s ({sum(changed.values())} changes; output in {logfile})")
+    return took, changed
+
+
+def reset(shell: Shell, heads: dict[str, str], timeout: float) -> None:
+    """No job queued in any domain, no open contract, no borrowed node: a clean start."""
+    for head in heads.values():
+        shell.run(head, "scancel --user=root || true")
+
+    def quiet() -> bool:
+        for head in heads.values():
+            if _contracts(shell, head, all_=False):
+                return False
+            if shell.run(head, "sinfo -h -N -p borrowed -o %N", check=False).strip():
+                return False
+        return True
+
+    _wait("the brokers to close their open contracts and return borrowed nodes", quiet, timeout, 1.0)
+
+
+def demo(settings: DemoSettings, log: Callable[[str], None] = print) -> dict:
+    from broker.lab.cli import up
+
+    if os.geteuid() != 0:
+        raise DemoError("the demo needs root (the lab's namespaces and hosts); run it as root")
+    origin = time.time()
+    out = settings.out
+    out.mkdir(parents=True, exist_ok=True)
+    plan = labhosts.Plan.load(topology.STATE_DIR)
+    if plan is None:
+        _log_step(log, origin, "bringing the lab up")
+        times = up(settings.inventory, log=lambda *_a, **_k: None)
+        plan = labhosts.Plan.load(topology.STATE_DIR)
+        assert plan is not None
+        _log_step(log, origin, f"lab up: {len(plan.hosts)} hosts (root filesystem "
+                               f"{'cached' if not times['rootfs'] else 'built in %.0f s' % times['rootfs']})")
+    else:
+        from broker.lab.cli import build_wheels
+
+        _log_step(log, origin, "the lab is up already: using it")
+        build_wheels()
+    _log_step(log, origin, "running playbooks/site.yml (virtual networks, Slurm, NFS, lending hosts, brokers)")
+    site_s, site_changed = run_site(settings.inventory, out, lambda s: _log_step(log, origin, s))
+
+    heads = {"a": "a-head", "b": "b-head"}
+    own_nodes = {h.name for h in plan.hosts if h.name.startswith("a-node")}
+    shell = Shell(plan)
+    watcher = Watcher()
+    try:
+        _log_step(log, origin, "making sure no job, contract or borrowed node is left from before")
+        reset(shell, heads, settings.phase_timeout_s)
+        run = time.strftime("%Y%m%d-%H%M%S")
+        rundir = f"/home/viocluster-demo/{run}"
+        for head in heads.values():
+            script = shlex.quote(JOB_SCRIPT.format(seconds=settings.job_seconds))
+            shell.run(head, f"mkdir -p {rundir} && printf '%s' {script} > {rundir}/job.sh "
+                            f"&& chmod 755 {rundir}/job.sh")
+
+        queue = Queue(shell, heads["a"], watcher, vm_prefix="a-v")
+        burst_a = time.time()
+        ids = shell.run(heads["a"], " && ".join(
+            [f"sbatch --parsable -p phys,borrowed --open-mode=append -J demo-a "
+             f"-o {rundir}/a-%j.out {rundir}/job.sh"] * settings.jobs_a)).split()
+        queue.jobs.update(ids)
+        _log_step(log, origin, f"burst on A: {len(ids)} jobs of {settings.job_seconds} s on 2 nodes "
+                               f"(jobs {ids[0]}..{ids[-1]}, output in a-head:{rundir})")
+        watcher.every(0.25, queue.poll)
+
+        def on_vm() -> list[str]:
+            return [j for j, n in queue.snapshot().items() if n.startswith("a-v")]
+
+        _wait("a job of A running on a borrowed VM", lambda: bool(on_vm()), settings.phase_timeout_s)
+        first = on_vm()
+        _log_step(log, origin, f"A's job {first[0]} runs on the borrowed VM {queue.snapshot()[first[0]]}")
+        a_now = [c for c in _contracts(shell, heads["a"]) if c["state"] == "active" and c["role"] == "borrower"]
+        if not a_now:
+            raise DemoError("a job runs on a borrowed node but broker A has no active contract")
+        contract = a_now[-1]
+        vm, host = contract["nodes"][0], contract["hosts"][0]
+        account = "vcpeera"  # the lending hosts' account of domain A (playbooks/site.yml)
+
+        def vm_done_and_next() -> bool:
+            remaining = [j for j, n in queue.snapshot().items() if n != "done"]
+            return bool(queue.ran_on_vm_done) and (bool(on_vm()) or len(remaining) <= 1)
+
+        _wait("a job to finish on the VM and the next to start there", vm_done_and_next,
+              settings.phase_timeout_s)
+        _log_step(log, origin, f"job(s) {', '.join(sorted(queue.ran_on_vm_done))} finished on {vm}; "
+                               f"now on it: {', '.join(on_vm()) or 'nothing'}")
+
+        gone = threading.Event()
+
+        def vm_probe() -> None:
+            if gone.is_set():
+                return
+            out_ = shell.run(host, f"pgrep -u {account} -x linux -a || true", timeout=10)
+            if f"umid={vm} " not in out_ + " ":
+                gone.set()
+                watcher.note("B", f"VM process gone: {vm} on {host}")
+
+        watcher.every(0.1, vm_probe)
+        burst_b = time.time()
+        ids_b = shell.run(heads["b"], " && ".join(
+            [f"sbatch --parsable -p phys -J demo-b -o {rundir}/b-%j.out {rundir}/job.sh"] * settings.jobs_b)).split()
+        _log_step(log, origin, f"burst on B: {len(ids_b)} jobs; B needs its lent machine back")
+        _wait(f"the VM {vm} to be killed on {host}", gone.is_set, settings.phase_timeout_s, 0.1)
+        _log_step(log, origin, f"B reclaimed {host}: the VM {vm} is gone"
+                               + (f"; A's job(s) {', '.join(sorted(queue.requeued))} requeued"
+                                  if queue.requeued else ""))
+        _wait("every job of A's burst to finish",
+              lambda: all(n == "done" for n in queue.snapshot().values()) and len(queue.snapshot()) == len(ids),
+              settings.phase_timeout_s * 2, 1.0)
+        _log_step(log, origin, "every job of A's burst has finished")
+        _wait("B's jobs to finish", lambda: not shell.run(heads["b"], "squeue -h -o %i").strip(),
+              settings.phase_timeout_s, 1.0)
+        watcher.close()
+
+        jobs: list[JobRun] = []
+        for job in ids:
+            text = shell.run(heads["a"], f"cat {rundir}/a-{job}.out", check=False)
+            jobs.append(parse_job_output(job, text))
+        report = build_report(burst_a=burst_a, burst_b=burst_b,
+                              a_contracts=_contracts(shell, heads["a"]),
+                              b_contracts=_contracts(shell, heads["b"]),
+                              observations=watcher.events, jobs=jobs, own_nodes=own_nodes)
+    finally:
+        watcher.close()
+        shell.close()
+
+    timeline = format_timeline(report, burst_a)
+    summary = format_summary(report, TARGETS)
+    log("")
+    log(f"Timeline (seconds after the burst on A):\n{timeline}")
+    log("")
+    log(f"Summary:\n{summary}")
+    result = {
+        "site_yml_s": site_s, "site_changed": site_changed, "run": run, "output_dir": f"a-head:{rundir}",
+        "figures": report.figures, "targets": TARGETS,
+        "jobs_on_borrowed": [j.job_id for j in report.jobs_on_borrowed],
+        "requeued": {j.job_id: j.finished_on for j in report.requeued},
+        "vm": report.vm_nodes, "problems": report.problems,
+        "timeline": [{"at": e.at - burst_a, "who": e.who, "what": e.what} for e in report.events],
+    }
+    (out / "summary.json").write_text(json.dumps(result, indent=2))
+    (out / "timeline.txt").write_text(timeline + "\n\n" + summary + "\n")
+    if report.problems:
+        raise DemoError("the trade did not go as it should: " + "; ".join(report.problems)
+                        + f" (timeline in {out / 'timeline.txt'})")
+    log("")
+    log(f"The lab is still up: ssh -i {topology.STATE_DIR}/id_ed25519 root@10.203.1.10 (a-head), "
+        f"`viocluster status --config {BROKER_CONFIG}` there; `make demo-down` removes it.")
+    return result
