@@ -6,7 +6,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 OUT ?= out
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-down simulate test lint bench-sim bench-switch bench-vm lab-up lab-down clean help
+.PHONY: setup demo demo-down simulate test lint bench-sim bench-switch bench-vm bench-trade lab-up lab-down clean help
 
 help:
 	@echo "make demo   set up, then run the main job: two lab domains trade a machine"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench-sim     simulator benchmark on the real traces"
 	@echo "make bench-switch  switch daemon against the peer overlays"
 	@echo "make bench-vm      COW VM boot and kill times"
+	@echo "make bench-trade   the live trade between the lab domains, 3 rounds"
 	@echo "make lab-up / lab-down  the one-machine lab"
 
 setup:
@@ -43,6 +44,9 @@ bench-switch: setup
 
 bench-vm: setup
 	python bench/bench_vm.py
+
+bench-trade: setup
+	python bench/bench_trade.py
 
 lab-up: setup
 	viocluster lab up

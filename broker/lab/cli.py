@@ -180,7 +180,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from broker.lab.demo import DemoSettings, demo
 
     demo(DemoSettings(inventory=args.inventory, out=args.out, jobs_a=args.jobs_a,
-                      jobs_b=args.jobs_b, job_seconds=args.job_seconds))
+                      jobs_b=args.jobs_b, job_seconds=args.job_seconds,
+                      run_site=not args.skip_site))
     return 0
 
 
@@ -212,6 +213,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p_demo.add_argument("--jobs-b", type=_positive, default=3, help="jobs in B's burst (default 3)")
     p_demo.add_argument("--job-seconds", type=_positive, default=15,
                         help="how long each job works (default 15)")
+    p_demo.add_argument("--skip-site", action="store_true",
+                        help="do not run site.yml (the lab's hosts are configured already)")
     p_demo.set_defaults(func=_cmd_demo)
     p_down = sub.add_parser("down", help="power the lab off and remove all of it")
     p_down.set_defaults(func=_cmd_down)

@@ -103,11 +103,21 @@ def build_report(*, burst_a: float, burst_b: float | None, a_contracts: list[dic
     events = [Event(burst_a, "demo", "burst of jobs submitted to domain A")]
     if burst_b is not None:
         events.append(Event(burst_b, "demo", "burst of jobs submitted to domain B"))
+    turned_down: list[dict[str, Any]] = []
     for t in a_borrow:
         c = t["contract"]
+        if not any(x["to"] == "agreed" for x in c.get("transitions", [])):
+            if t["to"] == "closed":  # asked, and the peer had nothing to offer
+                turned_down.append(t)
+            continue
         nodes = ", ".join(c.get("nodes") or []) or "-"
         events.append(Event(t["at"], "A", f"contract {c['id']} {t['from'] or '-'} -> {t['to']}: "
                                           f"{t['reason'][:90]} [{nodes}]"))
+    if turned_down:
+        reasons = sorted({t["reason"] for t in turned_down})
+        events.append(Event(turned_down[0]["at"], "A",
+                            f"asked again {len(turned_down)} time(s) without an agreement: "
+                            f"{'; '.join(r[:80] for r in reasons[:3])}"))
     for t in b_lend:
         c = t["contract"]
         events.append(Event(t["at"], "B", f"contract {c['id']} {t['from'] or '-'} -> {t['to']}: "

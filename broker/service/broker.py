@@ -120,6 +120,9 @@ class Broker:
         self.clock = clock
         self.policy = config.policy
         self.busy: set[str] = set()  # contracts with an operation in flight
+        # A peer that just turned us down is not asked again before this time (no request storm
+        # while its own policy says no).
+        self.quiet_until: dict[str, float] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.last_snapshot: Snapshot | None = None
         self.last_intent: str = ""
@@ -387,11 +390,15 @@ class Broker:
         needs = Needs(**self.config.needs)
         asks: list[tuple[str, Contract, Request]] = []
         for name in sorted(self.config.peers):
+            if now < self.quiet_until.get(name, 0.0):
+                continue
             c, t = Contract.propose(new_id(self.config.domain), Role.BORROWER, self.config.domain,
                                     name, wanted, needs, Terms(), now)
             self.store.create(c, t)
             asks.append((name, c, self._msg(Request, name, contract_id=c.id, nodes=wanted,
                                             needs=needs, terms=Terms())))
+        if not asks:
+            return []
         self._count_contracts()
         log.info("need %d node(s): asking %s", wanted, ", ".join(a[0] for a in asks))
         replies = await asyncio.gather(*(self._send(name, req) for name, _c, req in asks))
@@ -402,6 +409,7 @@ class Broker:
             if not isinstance(offer, Offer) or offer.contract_id != c.id:
                 why = offer.reason if isinstance(offer, Decline) else (reply.error or "no offer")
                 self._advance(c, S.CLOSED, f"{name} did not offer: {why}")
+                self.quiet_until[name] = now + max(3 * self.config.interval_s, 5.0)
                 continue
             offers[c.id] = offer
             for host in offer.hosts:

@@ -77,3 +77,13 @@ def test_output_lines_that_are_not_the_jobs_are_ignored():
     run = parse_job_output("9", "slurmstepd: error: something\nstart a-node1 12.5\ngarbage\ndone a-node1 13\n")
     assert run.starts == [("a-node1", 12.5)] and run.dones == [("a-node1", 13.0)]
     assert run.requeued_from == []
+
+
+def test_asks_the_lender_turned_down_make_one_line():
+    declined = [_contract(f"a-d{i}", "borrower", [], [(12.0 + 2 * i, None, "proposed"),
+                                                      (12.05 + 2 * i, "proposed", "closed")])
+                for i in range(5)]
+    r = _report(a_contracts=A + declined)
+    lines = [e.what for e in r.events if e.who == "A" and "asked again" in e.what]
+    assert lines == ["asked again 5 time(s) without an agreement: proposed->closed"]
+    assert not any("a-d3" in e.what for e in r.events)
