@@ -60,6 +60,17 @@ S = ContractState
 _RTT = re.compile(r"time=([0-9.]+) ms")
 
 
+def ping_ms(address: str) -> float | None:
+    """One ICMP round trip to ``address`` in ms (the path switch daemons' datagrams take), or None."""
+    try:
+        ping = subprocess.run(["ping", "-n", "-c", "1", "-W", "1", address],
+                              capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = _RTT.search(ping.stdout)
+    return float(found.group(1)) if found else None
+
+
 def measure_host(host: LendingHost, cpus: int, memory_mb: int, site: str,
                  borrower: str = "") -> HostOffer:
     """The host as it is now: CPUs and free memory (from the scheduler), free disk where the
@@ -76,14 +87,7 @@ def measure_host(host: LendingHost, cpus: int, memory_mb: int, site: str,
             disk_gb = shutil.disk_usage(host.disk_path).free // (1 << 30)
     except (OSError, subprocess.SubprocessError, IndexError, ValueError) as exc:
         log.warning("cannot measure free disk of %s at %s: %s", host.node, host.disk_path, exc)
-    rtt: float | None = None
-    try:
-        ping = subprocess.run(["ping", "-n", "-c", "1", "-W", "1", host.address],
-                              capture_output=True, text=True, timeout=5)
-        found = _RTT.search(ping.stdout)
-        rtt = float(found.group(1)) if found else None
-    except (OSError, subprocess.SubprocessError):
-        rtt = None
+    rtt = ping_ms(host.address)
     account = host.account.replace("{borrower}", borrower)
     return HostOffer(host.node, host.address, account, max(cpus, 1), memory_mb, disk_gb, site, rtt)
 
@@ -421,6 +425,13 @@ class Broker:
                     candidates.append((rank, c, host, offer))
                 else:
                     log.info("turned away %s of %s: %s", host.name, name, verdict.reason)
+        if len(candidates) > wanted:
+            # More hosts fit than we need: rank by the RTT from here (this domain's side of the
+            # virtual network) to each host, measured now; the lender's figure is from its side.
+            rtts = await asyncio.gather(*(asyncio.to_thread(ping_ms, host.address)
+                                          for _r, _c, host, _o in candidates))
+            candidates = [((rtt if rtt is not None else 1e9, *rank[1:]), c, host, offer)
+                          for rtt, (rank, c, host, offer) in zip(rtts, candidates)]
         candidates.sort(key=lambda x: x[0])
         chosen: dict[str, list[HostOffer]] = {}
         for _rank, c, host, _offer in candidates[:wanted]:
