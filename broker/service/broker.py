@@ -127,6 +127,7 @@ class Broker:
         # A peer that just turned us down is not asked again before this time (no request storm
         # while its own policy says no).
         self.quiet_until: dict[str, float] = {}
+        self.heartbeat_sent: dict[str, float] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         self.last_snapshot: Snapshot | None = None
         self.last_intent: str = ""
@@ -657,11 +658,15 @@ class Broker:
                 self.busy.add(c.id)
                 self._spawn(self._finish_reclaim(c))
         for peer in self.config.peers:
-            await self.heartbeat(peer)
+            await self.heartbeat(peer, idle_every=max(5 * self.config.interval_s, 10.0))
 
-    async def heartbeat(self, peer: str) -> None:
+    async def heartbeat(self, peer: str, idle_every: float | None = None) -> None:
+        """Tell the peer the states of our open contracts with it; with none, still say we are
+        alive every ``idle_every`` seconds (so a broken pin or route shows before a trade)."""
         mine = tuple((c.id, c.state.value) for c in self.store.contracts(open_only=True, peer=peer))
-        if mine:
+        now = self.clock()
+        if mine or (idle_every is not None and now - self.heartbeat_sent.get(peer, -1e18) >= idle_every):
+            self.heartbeat_sent[peer] = now
             await self._send(peer, self._msg(Heartbeat, peer, contracts=mine))
 
     async def _finish_reclaim(self, c: Contract) -> Contract:
@@ -776,7 +781,20 @@ async def serve(broker: Broker, stop: asyncio.Event, server_ssl: Any) -> None:
     """Reconcile, open the API and the status listener, run the interval until ``stop``."""
     from broker.service.api import peer_app, status_app
 
-    await broker.reconcile(starting=True)
+    # Reconciliation needs the scheduler: while it does not answer (slurmctld starting, down),
+    # say so and try again each interval instead of exiting into a restart loop.
+    while True:
+        try:
+            await broker.reconcile(starting=True)
+            break
+        except SchedulerError as exc:
+            log.warning("cannot reconcile yet, the scheduler does not answer (%s); trying again in "
+                        "%g s; the peer API opens after", exc, broker.config.interval_s)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=broker.config.interval_s)
+                return
+            except asyncio.TimeoutError:
+                pass
     runners = []
     peer_runner = web.AppRunner(peer_app(broker), access_log=None)
     await peer_runner.setup()

@@ -342,9 +342,19 @@ def test_without_a_pool_the_playbook_gets_no_ip(tmp_path):
 # ---------------------------------------------------------------------- playbooks/borrow.yml
 
 
+def _tasks(tasks: list[dict]) -> list[dict]:
+    """Every task, those inside blocks (and their rescue/always) included."""
+    out = []
+    for task in tasks:
+        out.append(task)
+        for key in ("block", "rescue", "always"):
+            out.extend(_tasks(task.get(key, [])))
+    return out
+
+
 def _address_template() -> str:
     plays = yaml.safe_load((REPO / "playbooks" / "borrow.yml").read_text())
-    found = [task["cow_vm"]["address"] for play in plays for task in play.get("tasks", [])
+    found = [task["cow_vm"]["address"] for play in plays for task in _tasks(play.get("tasks", []))
              if "cow_vm" in task]
     assert len(found) == 1
     return found[0]

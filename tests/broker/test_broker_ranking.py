@@ -67,3 +67,40 @@ def test_with_just_enough_fitting_hosts_nothing_is_measured(tmp_path, monkeypatc
         a.store.close()
 
     asyncio.run(scenario())
+
+
+class SilentScheduler:
+    """A scheduler whose controller does not answer (slurmctld down or still starting)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def snapshot(self) -> Any:
+        from broker.scheduler import SchedulerError
+
+        self.calls += 1
+        raise SchedulerError("squeue: fatal: Could not establish a configuration source")
+
+
+def test_a_broker_whose_scheduler_does_not_answer_waits_instead_of_exiting(tmp_path, caplog):
+    import logging
+
+    from broker.service.broker import Broker, serve
+    from broker.service.store import Store
+    from test_broker_addresses import FakeExecutor
+
+    caplog.set_level(logging.WARNING, logger="broker")
+    config = _config(tmp_path, pool=None)
+    scheduler = SilentScheduler()
+
+    async def scenario() -> None:
+        b = Broker(config, Store(config.db_path), scheduler, FakeExecutor(), FakeClient())  # type: ignore[arg-type]
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(2.5 * config.interval_s, stop.set)
+        await asyncio.wait_for(serve(b, stop, None), timeout=10 * config.interval_s)
+        b.store.close()
+
+    config = type(config)(**{**config.__dict__, "interval_s": 0.2})
+    asyncio.run(scenario())
+    assert scheduler.calls >= 2, "it tries again each interval"
+    assert "cannot reconcile yet, the scheduler does not answer" in caplog.text
