@@ -53,7 +53,7 @@ def main() -> int:
     try:
         for i in range(args.rounds):
             settings = DemoSettings(inventory=REPO / "inventories" / "lab", out=args.out / f"round{i + 1}",
-                                    jobs_a=6, jobs_b=3, job_seconds=args.job_seconds,
+                                    jobs_a=10, jobs_b=3, job_seconds=args.job_seconds,
                                     run_site=(i == 0 and (args.site or not lab_was_up)))
             result = demo(settings, log=lambda _line: None)
             load = os.getloadavg()[0]
