@@ -7,6 +7,7 @@ harness; each overlay gets a TAP per namespace with 10.201.77.1/2 and is measure
 
   direct          the veth itself (the RTT every overlay adds to)
   violin          violin-switchd, AES-256-GCM, TAP MTU 1500, physical MTU 1500, TSO super-frames
+  violin_py       the same with the per-frame path in Python (datapath: python)
   violin_nocrypt  the same with cipher none (what authentication costs)
   violin_gso8k    TAP gso_max_size 8000 (smaller super-frames: fewer IP fragments each)
   violin_nooffload  offload off: one 1500-byte frame per read (frame-rate bound, like the peers)
@@ -47,7 +48,7 @@ UID = 64201
 NS_A, NS_B = "vsw-bA", "vsw-bB"
 PHY_A, PHY_B = "10.201.0.1", "10.201.0.2"
 VIRT_A, VIRT_B = "10.201.77.1", "10.201.77.2"
-ALL = ["direct", "violin", "violin_nocrypt", "violin_gso8k", "violin_nooffload", "violin_fit", "violin_64k",
+ALL = ["direct", "violin", "violin_py", "violin_nocrypt", "violin_gso8k", "violin_nooffload", "violin_fit", "violin_64k",
        "tinc_none", "vde_plug", "py_naive", "py_aes"]
 
 # The reference Python forwarders (py_naive, py_aes): argv = TAP name, own address, peer address,
@@ -201,7 +202,8 @@ class Bench:
         nsx(ns, "ip", "addr", "add", f"{ip}/24", "dev", dev)
 
     # ---------------------------------------------------------------- overlays
-    def violin(self, cipher="aes-256-gcm", gso=65000, offload=True, phys_mtu=1500, tap_mtu=1500) -> str:
+    def violin(self, cipher="aes-256-gcm", gso=65000, offload=True, phys_mtu=1500, tap_mtu=1500,
+               datapath="c") -> str:
         self.setup_phys(phys_mtu)
         key = self.work / "violin.key"
         key.write_text(secrets.token_hex(32) + "\n")
@@ -215,12 +217,12 @@ class Bench:
             cfg.write_text(json.dumps({
                 "network": "bench", "network_id": 77, "key_file": str(key), "tap": "vswt",
                 "listen": me, "port": 5300, "cipher": cipher, "offload": offload,
-                "socket_buffer": 4 << 20, "log_level": "warning",
+                "socket_buffer": 4 << 20, "log_level": "warning", "datapath": datapath,
                 "peers": [{"name": "peer", "address": peer}]}))
             self.start(ns, sys.executable, "-m", "violin.daemon", "-c", str(cfg), user=True,
                        logname=f"violin-{ns}.log")
         return (f"violin-switchd {cipher}, TAP mtu{tap_mtu} gso_max_size {gso}, offload {offload}, "
-                f"phys mtu {phys_mtu}")
+                f"phys mtu {phys_mtu}, data path {datapath}")
 
     def tinc_none(self) -> str:
         self.setup_phys()
@@ -284,6 +286,7 @@ class Bench:
         makers = {
             "violin": lambda: self.violin(),
             "violin_nocrypt": lambda: self.violin(cipher="none"),
+            "violin_py": lambda: self.violin(datapath="python"),
             "violin_gso8k": lambda: self.violin(gso=8000),
             "violin_nooffload": lambda: self.violin(offload=False),
             "violin_64k": lambda: self.violin(phys_mtu=65000),

@@ -39,7 +39,7 @@ fi
 
 # Python virtualenv ---------------------------------------------------------------------------
 stamp="$venv/.viocluster-stamp"
-want_stamp=$(cat requirements.txt pyproject.toml switch/pyproject.toml 2>/dev/null | sha256sum | cut -d' ' -f1)
+want_stamp=$(cat requirements.txt pyproject.toml switch/pyproject.toml switch/setup.py switch/violin/_datapath.c 2>/dev/null | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want_stamp" ]; then
     exit 0
 fi

@@ -26,8 +26,9 @@ TAP_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 KEYS = {
     "network", "network_id", "key_file", "cipher", "tap", "listen", "port", "sender_id", "offload",
     "socket_buffer", "fdb_ageing", "fdb_max_entries", "control_socket", "metrics", "peers",
-    "log_level",
+    "log_level", "datapath",
 }
+DATAPATHS = ("c", "python")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -49,6 +50,7 @@ class Config:
     metrics: tuple[str, int] | None = None
     peers: tuple[tuple[str, str, int], ...] = field(default_factory=tuple)
     log_level: str = "info"
+    datapath: str = "c"
     source: str = "<flags>"
 
     def effective_sender_id(self) -> int:
@@ -124,6 +126,9 @@ def parse(data: Any, source: str) -> Config:
     log_level = data.get("log_level", "info")
     if log_level not in LOG_LEVELS:
         raise _fail(source, "log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    datapath = data.get("datapath", "c")
+    if datapath not in DATAPATHS:
+        raise _fail(source, "datapath", f"must be one of {', '.join(DATAPATHS)}, got {datapath!r}")
     metrics = data.get("metrics")
     if metrics not in (None, ""):
         try:
@@ -173,6 +178,7 @@ def parse(data: Any, source: str) -> Config:
         metrics=metrics,
         peers=tuple(peers),
         log_level=log_level,
+        datapath=datapath,
         source=source,
     )
 

@@ -140,9 +140,12 @@ class Switch:
             if clash is not None:
                 self.remove_peer(clash.key)
                 removed.append(clash.name)
-            self.peers.add(peer)
+            self.add_peer(peer)
             added.append(peer.name)
         return added, removed
+
+    def set_ageing(self, seconds: float) -> None:
+        self.fdb.ageing = seconds
 
     # ------------------------------------------------------------------ views
     def stats(self) -> dict:

@@ -27,6 +27,7 @@ from .control import MAX_REQUEST, ControlHandler
 from .core import Settings, Switch
 from .errors import ConfigError, ViolinError
 from .metrics import exposition, registry_for
+from .native import IMPORT_ERROR, NativeSwitch, available as native_available
 from .tap import Tap, open_tap
 
 log = logging.getLogger("violin")
@@ -63,15 +64,33 @@ class Daemon:
         self.config_path = config_path
         settings = Settings(config.network_id, config.effective_sender_id(), config.secret(),
                             config.cipher, config.fdb_ageing, config.fdb_max_entries)
-        self.switch = Switch(settings, config.peer_objects())
+        if config.datapath == "c":
+            if not native_available():
+                raise ConfigError(f"{config.source}: datapath: c, but the C data path is not built "
+                                  f"in this installation ({IMPORT_ERROR}); install libsodium23, or "
+                                  f"reinstall violin-switch built where a C compiler and "
+                                  f"libsodium-dev are present, or set 'datapath: python'")
+            self.switch: Switch = NativeSwitch(settings, config.peer_objects())
+        else:
+            self.switch = Switch(settings, config.peer_objects())
         self.registry = registry_for(self.switch, config.network)
         self.tap: Tap | None = None
+        self.engine = None
         self.sock: socket.socket | None = None
         self.control: socketserver.UnixStreamServer | None = None
 
     # ------------------------------------------------------------------ data path
+    def forward_c(self) -> None:
+        """The data path in C: ``Engine.run`` serves both directions without the GIL until stop."""
+        try:
+            self.engine.run()
+        except OSError as err:
+            log.error("reading TAP %s failed: %s; stopping", self.tap.name, err.strerror)
+            os.kill(os.getpid(), signal.SIGTERM)
+
     def forward(self) -> None:
-        """The data path: one thread serves both directions from one epoll set.
+        """The data path in Python (``datapath: python``): one thread serves both directions from
+        one epoll set.
 
         Each wake-up handles at most one frame per ready descriptor and goes back to ``poll``
         (level-triggered, so a queue that is not empty is reported again at once): no read is
@@ -139,13 +158,13 @@ class Daemon:
             log.error("reload refused, keeping the running config: %s", err)
             raise ValueError(f"reload refused, running config kept: {err}") from None
         fixed = ("network", "network_id", "key_file", "tap", "listen", "port", "cipher", "offload",
-                 "sender_id", "socket_buffer", "control_socket", "metrics")
+                 "datapath", "sender_id", "socket_buffer", "control_socket", "metrics")
         needs_restart = [k for k in fixed if getattr(new, k) != getattr(self.config, k)]
         if needs_restart:
             log.warning("settings %s changed in %s: they apply after a restart", ", ".join(needs_restart),
                         self.config_path)
         added, removed = self.switch.replace_config_peers(new.peer_objects())
-        self.switch.fdb.ageing = new.fdb_ageing
+        self.switch.set_ageing(new.fdb_ageing)
         log.info("config reloaded: peers added %s, removed %s", added or "none", removed or "none")
         return {"added": added, "removed": removed, "needs_restart": needs_restart}
 
@@ -194,15 +213,22 @@ class Daemon:
             from prometheus_client import start_http_server
 
             start_http_server(config.metrics[1], config.metrics[0], registry=self.registry)
-        threading.Thread(target=self.forward, name="forward", daemon=True).start()
-        log.info("violin-switchd %s up: network %s (id %d), TAP %s, %s:%d, %d peer(s), cipher %s",
-                 __version__, config.network, config.network_id, config.tap, config.listen,
-                 config.port, len(self.switch.peers), config.cipher)
+        forward = self.forward
+        if isinstance(self.switch, NativeSwitch):
+            os.set_blocking(self.tap.fd, False)
+            self.engine = self.switch.attach(self.tap.fd, self.sock.fileno())
+            forward = self.forward_c
+        threading.Thread(target=forward, name="forward", daemon=True).start()
+        log.info("violin-switchd %s up: network %s (id %d), TAP %s, %s:%d, %d peer(s), cipher %s, "
+                 "data path %s", __version__, config.network, config.network_id, config.tap,
+                 config.listen, config.port, len(self.switch.peers), config.cipher, config.datapath)
         try:
             while True:
                 sig = signal.sigwait({signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
                 if sig != signal.SIGHUP:
                     log.info("signal %d: stopping; counters %s", sig, self.switch.stats())
+                    if self.engine is not None:
+                        self.engine.stop()
                     return 0
                 try:
                     self.reload()

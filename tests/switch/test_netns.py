@@ -1,5 +1,7 @@
 """The daemon on real TAPs in network namespaces: three hosts (plus one that joins later), two
-virtual domains on the same hosts, daemons run as an unprivileged uid."""
+virtual domains on the same hosts, daemons run as an unprivileged uid. Every daemon uses the C
+data path except blue's on host 3, which uses the Python one: blue's pings and TCP between every
+pair show the two speak the same wire format."""
 
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ def lab(as_root):
             for h in HOSTS:
                 lab.add_tap(h, d)
                 extra = {"metrics": f"{lab.phys_ip(h)}:9301"} if (d, h) == (RED, 1) else {}
+                if (d, h) == (BLUE, 3):
+                    extra["datapath"] = "python"
                 lab.write_config(h, d, [p for p in HOSTS if p != h], **extra)
                 lab.start_daemon(h, d)
         # host 4 is in red only, and nobody has it as a peer yet
@@ -70,6 +74,9 @@ def test_daemons_run_unprivileged(lab):
             status = dict(line.rstrip("\n").split(":\t", 1) for line in fh if ":\t" in line)
         assert status["Uid"].split() == ["64201"] * 4
         assert status["CapEff"] == status["CapPrm"] == "0000000000000000"
+        domain = {"red": RED, "blue": BLUE, "green": GREEN}[name]
+        want = "python" if (domain, h) == (BLUE, 3) else "c"
+        assert f"data path {want}\n" in lab.log(h, domain)
 
 
 @pytest.mark.parametrize("domain", [RED, BLUE], ids=["red", "blue"])
