@@ -58,6 +58,14 @@ def make_socket(config: Config) -> socket.socket:
     return sock
 
 
+def check_datapath(config: Config) -> None:
+    if config.datapath == "c" and not native_available():
+        raise ConfigError(f"{config.source}: datapath: c, but the C data path is not usable in this "
+                          f"installation ({IMPORT_ERROR}); install libsodium23 and libssl3, or "
+                          f"reinstall violin-switch built where a C compiler, libsodium-dev and "
+                          f"libssl-dev are present, or set 'datapath: python'")
+
+
 class Daemon:
     def __init__(self, config: Config, config_path: Path | None) -> None:
         self.config = config
@@ -65,11 +73,7 @@ class Daemon:
         settings = Settings(config.network_id, config.effective_sender_id(), config.secret(),
                             config.cipher, config.fdb_ageing, config.fdb_max_entries)
         if config.datapath == "c":
-            if not native_available():
-                raise ConfigError(f"{config.source}: datapath: c, but the C data path is not built "
-                                  f"in this installation ({IMPORT_ERROR}); install libsodium23, or "
-                                  f"reinstall violin-switch built where a C compiler and "
-                                  f"libsodium-dev are present, or set 'datapath: python'")
+            check_datapath(config)
             self.switch: Switch = NativeSwitch(settings, config.peer_objects())
         else:
             self.switch = Switch(settings, config.peer_objects())
@@ -268,8 +272,9 @@ def main(argv: list[str] | None = None) -> int:
                             format=f"%(levelname)s violin-switchd[{config.network}] %(message)s")
         if args.check:
             config.secret()
+            check_datapath(config)
             print(f"{args.config}: ok: network {config.network} (id {config.network_id}), TAP {config.tap}, "
-                  f"{config.listen}:{config.port}, {len(config.peers)} peer(s)")
+                  f"{config.listen}:{config.port}, {len(config.peers)} peer(s), data path {config.datapath}")
             return 0
         return Daemon(config, args.config).run()
     except ValueError as err:

@@ -32,6 +32,7 @@ def test_good_config_and_defaults():
     ({"tap": "a-name-that-is-far-too-long"}, "tap: must be an interface name"),
     ({"listen": "example"}, "listen: must be this host's IPv4 address"),
     ({"cipher": "rot13"}, "cipher: must be one of"),
+    ({"datapath": "rust"}, "datapath: must be one of c, python"),
     ({"port": 70000}, "port"),
     ({"colour": "blue"}, "unknown setting(s) colour"),
     ({"peers": [{"name": "h2", "address": "nowhere"}]}, "not an IP address"),
@@ -90,3 +91,22 @@ def test_switchd_check_and_error_exit(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "port: must be an integer" in err and "Traceback" not in err
     assert os.path.exists(path)
+
+
+def test_check_says_when_the_c_data_path_is_not_usable(tmp_path, capsys, monkeypatch):
+    """As on a host where libsodium23 is missing: the import of violin._datapath failed."""
+    from violin import daemon
+
+    key = tmp_path / "k"
+    key.write_text("cd" * 32)
+    key.chmod(0o600)
+    path = tmp_path / "c.yml"
+    path.write_text(yaml.safe_dump({**GOOD, "key_file": str(key)}))
+    monkeypatch.setattr(daemon, "native_available", lambda: False)
+    monkeypatch.setattr(daemon, "IMPORT_ERROR", "libsodium.so.23: cannot open shared object file")
+    assert switchd_main(["-c", str(path), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "install libsodium23" in err and "datapath: python" in err and "Traceback" not in err
+    path.write_text(yaml.safe_dump({**GOOD, "key_file": str(key), "datapath": "python"}))
+    assert switchd_main(["-c", str(path), "--check"]) == 0
+    assert "data path python" in capsys.readouterr().out
