@@ -19,6 +19,7 @@
  * across a blocking call except a sendto on a full socket buffer.
  */
 #define PY_SSIZE_T_CLEAN
+#define Py_LIMITED_API 0x030B0000 /* the stable ABI of 3.11: one wheel for every Python >= 3.11 */
 #include <Python.h>
 
 #include <arpa/inet.h>
@@ -383,7 +384,7 @@ static EVP_CIPHER_CTX *make_ctx(int cipher, const unsigned char *key, int encryp
 }
 
 static int parse_address(PyObject *address, int port, struct sockaddr_in *out) {
-    const char *text = PyUnicode_AsUTF8(address);
+    const char *text = PyUnicode_AsUTF8AndSize(address, NULL);
     if (text == NULL) return -1;
     memset(out, 0, sizeof *out);
     out->sin_family = AF_INET;
@@ -492,7 +493,8 @@ static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
 }
 
 static PyObject *Engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    Engine *self = (Engine *)type->tp_alloc(type, 0);
+    allocfunc alloc = (allocfunc)PyType_GetSlot(type, Py_tp_alloc);
+    Engine *self = (Engine *)alloc(type, 0);
     if (self == NULL) return NULL;
     self->stop_fd = self->epoll_fd = -1;
     pthread_mutex_init(&self->lock, NULL);
@@ -514,7 +516,10 @@ static void Engine_dealloc(Engine *self) {
     free(self->tbuf);
     free(self->rbuf);
     pthread_mutex_destroy(&self->lock);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    PyTypeObject *type = Py_TYPE((PyObject *)self);
+    freefunc tp_free = (freefunc)PyType_GetSlot(type, Py_tp_free);
+    tp_free(self);
+    Py_DECREF(type);
 }
 
 static int ready(Engine *self) {
@@ -719,16 +724,20 @@ static PyMethodDef Engine_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyTypeObject EngineType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "violin._datapath.Engine",
-    .tp_doc = "The per-frame path of one switch daemon: a TAP, a UDP socket, peers, an FDB.",
-    .tp_basicsize = sizeof(Engine),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = Engine_new,
-    .tp_init = (initproc)Engine_init,
-    .tp_dealloc = (destructor)Engine_dealloc,
-    .tp_methods = Engine_methods,
+static PyType_Slot Engine_slots[] = {
+    {Py_tp_doc, "The per-frame path of one switch daemon: a TAP, a UDP socket, peers, an FDB."},
+    {Py_tp_new, Engine_new},
+    {Py_tp_init, Engine_init},
+    {Py_tp_dealloc, Engine_dealloc},
+    {Py_tp_methods, Engine_methods},
+    {0, NULL},
+};
+
+static PyType_Spec Engine_spec = {
+    .name = "violin._datapath.Engine",
+    .basicsize = sizeof(Engine),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = Engine_slots,
 };
 
 static struct PyModuleDef module = {
@@ -741,12 +750,11 @@ PyMODINIT_FUNC PyInit__datapath(void) {
         PyErr_SetString(PyExc_ImportError, "libsodium could not be initialised");
         return NULL;
     }
-    if (PyType_Ready(&EngineType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
-    Py_INCREF(&EngineType);
-    if (PyModule_AddObject(m, "Engine", (PyObject *)&EngineType) < 0) {
-        Py_DECREF(&EngineType);
+    PyObject *type = PyType_FromSpec(&Engine_spec);
+    if (type == NULL || PyModule_AddObject(m, "Engine", type) < 0) {
+        Py_XDECREF(type);
         Py_DECREF(m);
         return NULL;
     }
