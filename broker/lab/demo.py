@@ -133,7 +133,7 @@ class Queue:
         self.lock = threading.Lock()
         self.where: dict[str, str] = {}  # job -> node it runs on now ("" when pending)
         self.ran_on_vm_done: set[str] = set()
-        self.requeued: set[str] = set()
+        self.requeued: dict[str, str] = {}  # job -> the VM it was taken off
         self.jobs: set[str] = set()
 
     def poll(self) -> None:
@@ -161,13 +161,17 @@ class Queue:
                 if now_on and now_on != before:
                     self.watcher.note("A", f"job {job} running on {now_on}", now)
                 if before and before.startswith(self.vm_prefix) and now_on != before:
-                    self.requeued.add(job)
+                    self.requeued[job] = before
                     self.watcher.note("A", f"job requeued: {job} taken off {before} ({state.lower()})", now)
                 self.where[job] = now_on
 
     def snapshot(self) -> dict[str, str]:
         with self.lock:
             return dict(self.where)
+
+    def snapshot_requeued(self) -> dict[str, str]:
+        with self.lock:
+            return dict(self.requeued)
 
 
 def _log_step(log: Callable[[str], None], origin: float, text: str) -> None:
@@ -347,7 +351,8 @@ def demo(settings: DemoSettings, log: Callable[[str], None] = print) -> dict:
         report = build_report(burst_a=burst_a, burst_b=burst_b,
                               a_contracts=_contracts(shell, heads["a"]),
                               b_contracts=_contracts(shell, heads["b"]),
-                              observations=watcher.events, jobs=jobs, own_nodes=own_nodes)
+                              observations=watcher.events, jobs=jobs, own_nodes=own_nodes,
+                              taken_off=queue.snapshot_requeued())
     finally:
         watcher.close()
         shell.close()

@@ -30,6 +30,9 @@ class JobRun:
     job_id: str
     starts: list[tuple[str, float]] = field(default_factory=list)
     dones: list[tuple[str, float]] = field(default_factory=list)
+    # nodes the scheduler showed the job taken off. The output file can miss a run's start
+    # there: a VM killed right after the job started takes its unwritten NFS pages with it.
+    taken_off: list[str] = field(default_factory=list)
 
     @property
     def finished_on(self) -> str | None:
@@ -45,7 +48,7 @@ class JobRun:
                 done_hosts.remove(host)
             else:
                 out.append(host)
-        return out
+        return out + [h for h in self.taken_off if h not in out]
 
 
 def parse_job_output(job_id: str, text: str) -> JobRun:
@@ -96,8 +99,16 @@ class Report:
 
 def build_report(*, burst_a: float, burst_b: float | None, a_contracts: list[dict[str, Any]],
                  b_contracts: list[dict[str, Any]], observations: list[Event],
-                 jobs: list[JobRun], own_nodes: set[str]) -> Report:
-    """Put the observations in order, work out the figures and check the trade's outcome."""
+                 jobs: list[JobRun], own_nodes: set[str],
+                 taken_off: dict[str, str] | None = None) -> Report:
+    """Put the observations in order, work out the figures and check the trade's outcome.
+
+    ``taken_off`` maps a job to the node the scheduler showed it taken off (requeued), as the
+    demo saw while polling; it adds to what the jobs' output files say."""
+    for job in jobs:
+        node = (taken_off or {}).get(job.job_id)
+        if node and node not in job.taken_off:
+            job.taken_off.append(node)
     a_borrow = _transitions(a_contracts, "borrower", burst_a - 1)
     b_lend = _transitions(b_contracts, "lender", burst_a - 1)
     events = [Event(burst_a, "demo", "burst of jobs submitted to domain A")]

@@ -46,6 +46,19 @@ def test_figures_come_from_the_contract_logs_and_the_observations():
     assert [(j.job_id, j.finished_on) for j in r.requeued] == [("3", "a-node1")]
 
 
+def test_a_requeue_the_output_file_missed_comes_from_the_scheduler():
+    """The VM was killed before its NFS client wrote back the run's start line."""
+    lost_start = f"start a-node1 {T0 + 45}\ndone a-node1 {T0 + 60}\n"
+    jobs = [parse_job_output("1", OUT_OWN), parse_job_output("2", OUT_VM),
+            parse_job_output("3", lost_start)]
+    assert _report(jobs=jobs).requeued == []
+    jobs = [parse_job_output("1", OUT_OWN), parse_job_output("2", OUT_VM),
+            parse_job_output("3", lost_start)]
+    r = _report(jobs=jobs, taken_off={"3": "a-v1-0"})
+    assert r.problems == []
+    assert [(j.job_id, j.finished_on) for j in r.requeued] == [("3", "a-node1")]
+
+
 def test_timeline_is_in_time_order_and_summary_marks_targets():
     r = _report()
     lines = format_timeline(r, T0).splitlines()
