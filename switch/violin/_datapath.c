@@ -74,6 +74,12 @@ typedef struct {
 } fdb_slot_t;
 
 typedef struct {
+    uint64_t tx_frames, tx_bytes, tx_unicast, tx_flooded, tx_datagrams;
+    uint64_t rx_datagrams, rx_frames, rx_bytes;
+    uint64_t tx_drops[TXD_N], rx_drops[RXD_N];
+} counters_t;
+
+typedef struct {
     PyObject_HEAD
     int tap_fd, sock_fd, stop_fd, epoll_fd;
     uint32_t network_id, sender_id;
@@ -90,11 +96,8 @@ typedef struct {
     /* FDB: open addressing, linear probing, capacity a power of two, at least twice max */
     fdb_slot_t *fdb;
     size_t fdb_cap, fdb_count, fdb_max;
-    uint64_t ageing_ns, fdb_full, fdb_purged; /* fdb_purged: when a full table was last purged */
-    /* counters */
-    uint64_t tx_frames, tx_bytes, tx_unicast, tx_flooded, tx_datagrams;
-    uint64_t rx_datagrams, rx_frames, rx_bytes;
-    uint64_t tx_drops[TXD_N], rx_drops[RXD_N];
+    uint64_t ageing_ns, fdb_purged; /* fdb_purged: when a full table was last purged */
+    counters_t c;
     unsigned char *tbuf, *rbuf;
 } Engine;
 
@@ -195,10 +198,7 @@ static void fdb_learn(Engine *e, const unsigned char *mac, int peer, uint64_t no
             fdb_rebuild(e, now, -1);
             e->fdb_purged = now;
         }
-        if (e->fdb_count >= e->fdb_max) {
-            e->fdb_full++;
-            return;
-        }
+        if (e->fdb_count >= e->fdb_max) return; /* full of live entries: not learnt */
         i = fdb_hash(key, e->fdb_cap);
         while (e->fdb[i].key != 0) i = (i + 1) & (e->fdb_cap - 1);
     }
@@ -229,11 +229,11 @@ static uint64_t get64(const unsigned char *b) { return (uint64_t)get32(b) << 32 
 static void from_tap(Engine *e, size_t n) {
     unsigned char *buf = e->tbuf;
     unsigned char *frame = buf + HDR_LEN;
-    e->tx_frames++;
-    e->tx_bytes += n;
-    if (n < MIN_FRAME) { e->tx_drops[TXD_RUNT]++; return; }
+    e->c.tx_frames++;
+    e->c.tx_bytes += n;
+    if (n < MIN_FRAME) { e->c.tx_drops[TXD_RUNT]++; return; }
     size_t overhead = HDR_LEN + (e->cipher == CIPHER_NONE ? 0 : TAG_LEN);
-    if (n + overhead > MAX_DATAGRAM) { e->tx_drops[TXD_TOO_BIG]++; return; }
+    if (n + overhead > MAX_DATAGRAM) { e->c.tx_drops[TXD_TOO_BIG]++; return; }
     int target = -1;
     if (!(frame[VNET_LEN] & 1)) {
         target = fdb_lookup(e, frame + VNET_LEN, now_ns());
@@ -241,7 +241,7 @@ static void from_tap(Engine *e, size_t n) {
     }
     int any = 0;
     for (int i = 0; i < e->npeers && !any; i++) any = e->peers[i].used;
-    if (!any) { e->tx_drops[TXD_NO_PEERS]++; return; }
+    if (!any) { e->c.tx_drops[TXD_NO_PEERS]++; return; }
 
     buf[0] = VERSION;
     buf[1] = KIND_FRAME;
@@ -257,7 +257,7 @@ static void from_tap(Engine *e, size_t n) {
             EVP_EncryptUpdate(e->enc, frame, &len, frame, (int)n) != 1 ||
             EVP_EncryptFinal_ex(e->enc, frame + len, &len) != 1 ||
             EVP_CIPHER_CTX_ctrl(e->enc, EVP_CTRL_AEAD_GET_TAG, TAG_LEN, frame + n) != 1) {
-            e->tx_drops[TXD_SEND_ERROR]++;
+            e->c.tx_drops[TXD_SEND_ERROR]++;
             return;
         }
     } else if (e->cipher == CIPHER_AES_GCM)
@@ -267,13 +267,13 @@ static void from_tap(Engine *e, size_t n) {
         crypto_aead_chacha20poly1305_ietf_encrypt_detached(frame, frame + n, NULL, frame, n, buf,
                                                            HDR_LEN, NULL, buf + 8, e->key);
     size_t total = n + overhead;
-    if (target >= 0) e->tx_unicast++; else e->tx_flooded++;
+    if (target >= 0) e->c.tx_unicast++; else e->c.tx_flooded++;
     for (int i = 0; i < e->npeers; i++) {
         if (target >= 0 ? i != target : !e->peers[i].used) continue;
         ssize_t sent = sendto(e->sock_fd, buf, total, 0, (struct sockaddr *)&e->peers[i].addr,
                               sizeof e->peers[i].addr);
-        if (sent >= 0) e->tx_datagrams++;
-        else e->tx_drops[errno == EMSGSIZE ? TXD_TOO_BIG : TXD_SEND_ERROR]++;
+        if (sent >= 0) e->c.tx_datagrams++;
+        else e->c.tx_drops[errno == EMSGSIZE ? TXD_TOO_BIG : TXD_SEND_ERROR]++;
     }
 }
 
@@ -281,17 +281,17 @@ static void from_tap(Engine *e, size_t n) {
  * length of the frame to write to the TAP (at rbuf + HDR_LEN), or 0 when it was dropped. */
 static size_t from_peer(Engine *e, size_t n, const struct sockaddr_in *src) {
     unsigned char *buf = e->rbuf;
-    e->rx_datagrams++;
+    e->c.rx_datagrams++;
     int p = peer_find(e, src->sin_addr.s_addr, src->sin_port);
-    if (p < 0) { e->rx_drops[RXD_NOT_PEER]++; return 0; }
+    if (p < 0) { e->c.rx_drops[RXD_NOT_PEER]++; return 0; }
     size_t overhead = HDR_LEN + (e->cipher == CIPHER_NONE ? 0 : TAG_LEN);
-    if (n < overhead) { e->rx_drops[RXD_SHORT]++; return 0; }
-    if (buf[0] != VERSION || buf[1] != KIND_FRAME) { e->rx_drops[RXD_VERSION]++; return 0; }
-    if (get32(buf + 4) != e->network_id) { e->rx_drops[RXD_NETWORK]++; return 0; }
-    if (get32(buf + 8) == e->sender_id) { e->rx_drops[RXD_OWN_SENDER]++; return 0; }
+    if (n < overhead) { e->c.rx_drops[RXD_SHORT]++; return 0; }
+    if (buf[0] != VERSION || buf[1] != KIND_FRAME) { e->c.rx_drops[RXD_VERSION]++; return 0; }
+    if (get32(buf + 4) != e->network_id) { e->c.rx_drops[RXD_NETWORK]++; return 0; }
+    if (get32(buf + 8) == e->sender_id) { e->c.rx_drops[RXD_OWN_SENDER]++; return 0; }
     uint64_t counter = get64(buf + 12);
     peer_t *peer = &e->peers[p];
-    if (!window_check(peer, counter)) { e->rx_drops[RXD_REPLAY]++; return 0; }
+    if (!window_check(peer, counter)) { e->c.rx_drops[RXD_REPLAY]++; return 0; }
     size_t plain = n - overhead;
     unsigned char *frame = buf + HDR_LEN;
     int bad = 0, len;
@@ -309,9 +309,9 @@ static size_t from_peer(Engine *e, size_t n, const struct sockaddr_in *src) {
         bad = crypto_aead_chacha20poly1305_ietf_decrypt_detached(frame, NULL, frame, plain,
                                                                  frame + plain, buf, HDR_LEN,
                                                                  buf + 8, e->key);
-    if (bad != 0) { e->rx_drops[RXD_AUTH]++; return 0; }
+    if (bad != 0) { e->c.rx_drops[RXD_AUTH]++; return 0; }
     window_commit(peer, counter);
-    if (plain < MIN_FRAME) { e->rx_drops[RXD_FRAME]++; return 0; }
+    if (plain < MIN_FRAME) { e->c.rx_drops[RXD_FRAME]++; return 0; }
     fdb_learn(e, frame + VNET_LEN + 6, p, now_ns());
     return plain;
 }
@@ -357,10 +357,10 @@ static int serve(Engine *e) {
                 ssize_t w = write(e->tap_fd, e->rbuf + HDR_LEN, plain);
                 pthread_mutex_lock(&e->lock);
                 if (w < 0) {
-                    e->rx_drops[RXD_TAP_WRITE]++;
+                    e->c.rx_drops[RXD_TAP_WRITE]++;
                 } else {
-                    e->rx_frames++;
-                    e->rx_bytes += plain;
+                    e->c.rx_frames++;
+                    e->c.rx_bytes += plain;
                 }
                 pthread_mutex_unlock(&e->lock);
             }
@@ -557,13 +557,17 @@ static PyObject *Engine_stop(Engine *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
-static PyObject *Engine_add_peer(Engine *self, PyObject *args) {
+/* (address, port) of add_peer and remove_peer; 0 when parsed, -1 with an exception set */
+static int peer_args(Engine *self, PyObject *args, struct sockaddr_in *sa) {
     PyObject *address;
     int port;
+    if (!ready(self) || !PyArg_ParseTuple(args, "Ui", &address, &port)) return -1;
+    return parse_address(address, port, sa);
+}
+
+static PyObject *Engine_add_peer(Engine *self, PyObject *args) {
     struct sockaddr_in sa;
-    if (!ready(self) || !PyArg_ParseTuple(args, "Ui", &address, &port) ||
-        parse_address(address, port, &sa) != 0)
-        return NULL;
+    if (peer_args(self, args, &sa) != 0) return NULL;
     pthread_mutex_lock(&self->lock);
     int found = peer_find(self, sa.sin_addr.s_addr, sa.sin_port);
     if (found >= 0) {
@@ -595,12 +599,8 @@ static PyObject *Engine_add_peer(Engine *self, PyObject *args) {
 }
 
 static PyObject *Engine_remove_peer(Engine *self, PyObject *args) {
-    PyObject *address;
-    int port;
     struct sockaddr_in sa;
-    if (!ready(self) || !PyArg_ParseTuple(args, "Ui", &address, &port) ||
-        parse_address(address, port, &sa) != 0)
-        return NULL;
+    if (peer_args(self, args, &sa) != 0) return NULL;
     pthread_mutex_lock(&self->lock);
     int found = peer_find(self, sa.sin_addr.s_addr, sa.sin_port);
     if (found >= 0) {
@@ -634,10 +634,10 @@ static int set_u64(PyObject *dict, const char *name, uint64_t value) {
 
 static PyObject *Engine_stats(Engine *self, PyObject *unused) {
     if (!ready(self)) return NULL;
-    Engine c;
+    counters_t c;
     size_t live = 0;
     pthread_mutex_lock(&self->lock);
-    memcpy(&c, self, sizeof c);
+    c = self->c;
     uint64_t now = now_ns();
     for (size_t i = 0; i < self->fdb_cap; i++)
         if (self->fdb[i].key != 0 && now - self->fdb[i].seen <= self->ageing_ns) live++;
@@ -649,8 +649,7 @@ static PyObject *Engine_stats(Engine *self, PyObject *unused) {
         set_u64(out, "tx_flooded_frames", c.tx_flooded) ||
         set_u64(out, "tx_datagrams", c.tx_datagrams) ||
         set_u64(out, "rx_datagrams", c.rx_datagrams) || set_u64(out, "tap_tx_frames", c.rx_frames) ||
-        set_u64(out, "tap_tx_bytes", c.rx_bytes) || set_u64(out, "fdb_entries", live) ||
-        set_u64(out, "fdb_full", c.fdb_full))
+        set_u64(out, "tap_tx_bytes", c.rx_bytes) || set_u64(out, "fdb_entries", live))
         goto fail;
     for (int i = 0; i < TXD_N; i++)
         if (set_u64(drops, TX_DROP_NAMES[i], c.tx_drops[i])) goto fail;

@@ -84,7 +84,6 @@ class Daemon:
             self.switch = Switch(settings, config.peer_objects())
         self.registry = registry_for(self.switch, config.network)
         self.tap: Tap | None = None
-        self.engine = None
         self.sock: socket.socket | None = None
         self.control: socketserver.UnixStreamServer | None = None
 
@@ -92,7 +91,7 @@ class Daemon:
     def forward_c(self) -> None:
         """The data path in C: ``Engine.run`` serves both directions without the GIL until stop."""
         try:
-            self.engine.run()
+            self.switch.engine.run()
         except OSError as err:
             log.error("reading TAP %s failed: %s; stopping", self.tap.name, err.strerror)
             os.kill(os.getpid(), signal.SIGTERM)
@@ -225,7 +224,7 @@ class Daemon:
         forward = self.forward
         if isinstance(self.switch, NativeSwitch):
             os.set_blocking(self.tap.fd, False)
-            self.engine = self.switch.attach(self.tap.fd, self.sock.fileno())
+            self.switch.attach(self.tap.fd, self.sock.fileno())
             forward = self.forward_c
         threading.Thread(target=forward, name="forward", daemon=True).start()
         log.info("violin-switchd %s up: network %s (id %d), TAP %s, %s:%d, %d peer(s), cipher %s, "
@@ -236,8 +235,8 @@ class Daemon:
                 sig = signal.sigwait({signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
                 if sig != signal.SIGHUP:
                     log.info("signal %d: stopping; counters %s", sig, self.switch.stats())
-                    if self.engine is not None:
-                        self.engine.stop()
+                    if isinstance(self.switch, NativeSwitch):
+                        self.switch.engine.stop()
                     return 0
                 try:
                     self.reload()

@@ -40,9 +40,9 @@ class NativeSwitch(Switch):
         """Creates the engine on the daemon's TAP and UDP socket, with the current peers.
         The TAP must be non-blocking. Returns the engine (``run`` it in a thread)."""
         s = self.settings
-        engine = _datapath.Engine(tap_fd, sock_fd, s.network_id, s.sender_id, s.cipher,
-                                  derive_key(s.secret, s.network_id) if s.cipher != "none" else b"", time.time_ns(),
-                                  self.fdb.ageing, s.fdb_max_entries)
+        key = derive_key(s.secret, s.network_id) if s.cipher != "none" else b""
+        engine = _datapath.Engine(tap_fd, sock_fd, s.network_id, s.sender_id, s.cipher, key,
+                                  time.time_ns(), self.fdb.ageing, s.fdb_max_entries)
         for peer in self.peers.list():
             engine.add_peer(peer.address, peer.port)
         self.engine = engine
@@ -71,7 +71,6 @@ class NativeSwitch(Switch):
         if self.engine is None:
             return super().stats()
         stats = self.engine.stats()
-        stats.pop("fdb_full", None)
         stats["peers"] = len(self.peers)
         return stats
 
