@@ -82,7 +82,7 @@ class SilentScheduler:
         raise SchedulerError("squeue: fatal: Could not establish a configuration source")
 
 
-def test_a_broker_whose_scheduler_does_not_answer_waits_instead_of_exiting(tmp_path, caplog):
+def test_a_broker_whose_scheduler_does_not_answer_waits_instead_of_exiting_stand_in_scheduler(tmp_path, caplog):
     import logging
 
     from broker.service.broker import Broker, serve
