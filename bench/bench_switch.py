@@ -43,6 +43,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from broker.lab.devnode import rerun_with_private_tun
+
 REPO = Path(__file__).resolve().parent.parent
 UID = 64201
 NS_A, NS_B = "vsw-bA", "vsw-bB"
@@ -396,6 +398,11 @@ def main() -> int:
     if os.geteuid() != 0:
         ap.error("needs root (network namespaces, TAP devices)")
     ensure_packages()
+    # The daemons attach to their TAPs unprivileged through a 0666 /dev/net/tun, as on a host
+    # with udev; this machine's own node keeps its mode.
+    rc = rerun_with_private_tun([sys.executable, *sys.argv])
+    if rc is not None:
+        return rc
     work = Path(tempfile.mkdtemp(prefix="vsw-bench-"))
     work.chmod(0o755)
     bench = Bench(work)

@@ -39,3 +39,17 @@ def as_root() -> None:
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="module", autouse=True)
+def host_left_as_found(request: pytest.FixtureRequest):
+    """Each test module leaves this machine's /dev/net/tun, sysctls and /etc as it found them
+    (removing what it added is not enough if it changed what was there)."""
+    from hoststate import differences, snapshot
+
+    before = snapshot()
+    yield
+    changed = differences(before, snapshot())
+    if changed:
+        pytest.fail(f"{request.node.nodeid} left this machine changed:\n  " + "\n  ".join(changed),
+                    pytrace=False)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from broker.lab.devnode import PrivateTun
 from violin.ctl import request
 
 DAEMON_UID = 64201  # no account needed: the TAP is owned by the number
@@ -57,6 +58,9 @@ class Lab:
         self.hosts = list(range(1, hosts + 1))
         self.procs: dict[tuple[str, int], subprocess.Popen] = {}
         self.namespaces: list[str] = []
+        # The daemons attach to their TAPs as DAEMON_UID through a 0666 /dev/net/tun, as on a
+        # host with udev; this machine's own node keeps its mode (it may be 0600).
+        self.tun = PrivateTun().__enter__()
         sh("ip", "netns", "add", self.lan)
         self.namespaces.append(self.lan)
         for key in ("all", "default"):
@@ -118,7 +122,7 @@ class Lab:
     def start_daemon(self, h: int, d: Domain) -> subprocess.Popen:
         log = open(self.dir / f"{d.name}-h{h}.log", "w")
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns(h), "setpriv", f"--reuid={DAEMON_UID}",
+            [*self.tun.prefix, "ip", "netns", "exec", self.ns(h), "setpriv", f"--reuid={DAEMON_UID}",
              f"--regid={DAEMON_UID}", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
              sys.executable, "-m", "violin.daemon", "-c", str(self.config_path(h, d))],
             stdout=log, stderr=subprocess.STDOUT)
@@ -174,6 +178,7 @@ class Lab:
         for ns in reversed(self.namespaces):
             sh("ip", "netns", "del", ns, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
+        self.tun.__exit__(None, None, None)
 
 
 class Capture:

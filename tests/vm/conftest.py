@@ -23,11 +23,20 @@ from pathlib import Path
 import pytest
 import yaml
 
+from broker.lab.devnode import PrivateTun
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("VIOCLUSTER_IMAGE_CACHE", "/var/cache/viocluster/images"))
 NETNS = "vvmlend"
 PEERS = {"vvma": ("vvmtapa0", "10.202.1.1/24"), "vvmb": ("vvmtapb0", "10.202.2.1/24")}
 VENV_BIN = Path(sys.executable).parent
+#: The lending host's private /dev/net/tun while the ``lender`` fixture is up.
+_TUN: list[PrivateTun] = []
+
+
+def tun_prefix() -> list[str]:
+    """Run a command with the lending host's /dev/net/tun (0666) instead of this machine's."""
+    return list(_TUN[0].prefix) if _TUN else []
 
 
 def sh(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -93,11 +102,6 @@ def _kill_account(uid: int) -> None:
 def lender(as_root: None) -> dict[str, Peer]:
     """A lending host: netns vvmlend, one account per peer domain, a TAP owned by each."""
     _need_tools()
-    st = os.stat("/dev/net/tun")
-    if st.st_mode & 0o006 != 0o006:
-        # Debian's udev rule makes it 0666; hosts without udev may leave it 0600, and then no
-        # unprivileged account can attach to its own TAP. The lending_host role sets it too.
-        os.chmod("/dev/net/tun", 0o666)
     sh("ip", "netns", "del", NETNS, check=False)
     sh("ip", "netns", "add", NETNS)
     sh("ip", "-n", NETNS, "link", "set", "lo", "up")
@@ -117,7 +121,15 @@ def lender(as_root: None) -> dict[str, Peer]:
             sh("ip", "-n", NETNS, "addr", "add", addr, "dev", tap)
             sh("ip", "-n", NETNS, "link", "set", tap, "up")
             peers[name] = Peer(name, pw.pw_uid, pw.pw_gid, home, tap, addr)
-        yield peers
+        # A lending host's /dev/net/tun is 0666 (udev's default rule, or the roles where udev
+        # does not run); this machine's may be 0600 and stays as it is: every command of these
+        # tests runs with a private node of that mode mounted over it (PrivateTun).
+        with PrivateTun() as tun:
+            _TUN.append(tun)
+            try:
+                yield peers
+            finally:
+                _TUN.clear()
     finally:
         for name in PEERS:
             try:
@@ -175,6 +187,7 @@ def run_play(tasks: list[dict], *, check: bool = False, diff: bool = False,
         cmd = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--"] + cmd
     if netns:
         cmd = ["ip", "netns", "exec", netns] + cmd
+    cmd = tun_prefix() + cmd
     try:
         proc = subprocess.run(cmd, text=True, capture_output=True, env=env, timeout=300,
                               cwd=workdir)
