@@ -6,7 +6,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 OUT ?= out
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-down simulate test lint bench-sim bench-switch bench-vm bench-trade lab-up lab-down clean help
+.PHONY: setup demo demo-down simulate test lint bench-sim bench-switch bench-vm bench-trade bench-converge lab-up lab-down clean help
 
 help:
 	@echo "make demo   set up, then run the main job: two lab domains trade a machine"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench-switch  switch daemon against the peer overlays"
 	@echo "make bench-vm      COW VM boot and kill times"
 	@echo "make bench-trade   the live trade between the lab domains, 3 rounds"
+	@echo "make bench-converge  site.yml on the lab: first and no-change converge"
 	@echo "make lab-up / lab-down  the one-machine lab"
 
 setup:
@@ -47,6 +48,9 @@ bench-vm: setup
 
 bench-trade: setup
 	python bench/bench_trade.py
+
+bench-converge: setup
+	python bench/bench_converge.py
 
 lab-up: setup
 	viocluster lab up
