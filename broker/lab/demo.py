@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -22,11 +21,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TextIO
 
 from broker.errors import UserError
 from broker.lab import hosts as labhosts
 from broker.lab import topology
+from broker.lab.playrun import run_playbook
 from broker.lab.timeline import Event, JobRun, build_report, format_summary, format_timeline, parse_job_output
 
 REPO = Path(__file__).resolve().parents[2]
@@ -204,27 +204,27 @@ def _ansible_playbook() -> str:
     return found
 
 
-def run_site(inventory: Path, out: Path, log: Callable[[str], None]) -> tuple[float, dict[str, int]]:
-    """ansible-playbook site.yml with its output in out/site.log; returns the seconds it took
-    and the hosts it changed something on (with the count)."""
-    out.mkdir(parents=True, exist_ok=True)
+def run_site(inventory: Path, out: Path, log: Callable[[str], None],
+             tty: TextIO | None = None) -> tuple[float, dict[str, int]]:
+    """site.yml through ansible-runner, saying how far it is (``log``; a status line redrawn on
+    ``tty`` when given) with its full output in out/site.log; returns the seconds it took and
+    the hosts it changed something on (with the count)."""
     logfile = out / "site.log"
-    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
-    started = time.monotonic()
-    with logfile.open("w") as fh:
-        proc = subprocess.run([_ansible_playbook(), "-i", str(inventory), str(REPO / "playbooks" / "site.yml")],
-                              stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO, check=False)
-    took = time.monotonic() - started
-    text = logfile.read_text(errors="replace")
-    recap = text[text.rfind("PLAY RECAP"):] if "PLAY RECAP" in text else ""
-    if proc.returncode != 0:
-        raise DemoError(f"site.yml failed (exit {proc.returncode}) after {took:.0f} s; its output is in "
-                        f"{logfile}; the end of it:\n{text[-2500:]}")
-    changed = {host: int(n) for host, n in re.findall(r"^(\S+)\s*:.*?changed=(\d+)", recap, re.M)
-               if int(n)}
-    log(f"site.yml done in {took:.0f} s ({sum(changed.values())} changes; output in {logfile})")
-    return took, changed
+    bindir = str(Path(_ansible_playbook()).parent)
+    env = {"ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+           "PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    run = run_playbook(REPO / "playbooks" / "site.yml", inventory, logfile, show=log, tty=tty,
+                       envvars=env, project_dir=REPO, name="site.yml")
+    if not run.ok:
+        why = [str(f) for f in run.failures] + run.errors
+        if not why:
+            text = logfile.read_text(errors="replace") if logfile.exists() else ""
+            why = [f"the end of its output:\n{text[-2500:]}"]
+        raise DemoError(f"site.yml failed ({run.status}, exit {run.rc}) after {run.seconds:.0f} s; "
+                        f"its output is in {logfile}:\n  " + "\n  ".join(why))
+    log(f"site.yml done in {run.seconds:.0f} s ({sum(run.changed.values())} changes; "
+        f"output in {logfile})")
+    return run.seconds, run.changed
 
 
 def reset(shell: Shell, heads: dict[str, str], timeout: float) -> None:
@@ -243,8 +243,14 @@ def reset(shell: Shell, heads: dict[str, str], timeout: float) -> None:
     _wait("the brokers to close their open contracts and return borrowed nodes", quiet, timeout, 1.0)
 
 
-def demo(settings: DemoSettings, log: Callable[[str], None] = print) -> dict:
+def demo(settings: DemoSettings, log: Callable[[str], None] = print,
+         live: bool | None = None) -> dict:
+    """The trade, told through ``log``. ``live``: redraw a status line in place while site.yml
+    runs (default: when ``log`` is print and the standard output a terminal)."""
     from broker.lab.cli import up
+
+    if live is None:
+        live = log is print and sys.stdout.isatty()
 
     if os.geteuid() != 0:
         raise DemoError("the demo needs root (the lab's namespaces and hosts); run it as root")
@@ -254,7 +260,7 @@ def demo(settings: DemoSettings, log: Callable[[str], None] = print) -> dict:
     plan = labhosts.Plan.load(topology.STATE_DIR)
     if plan is None:
         _log_step(log, origin, "bringing the lab up")
-        times = up(settings.inventory, log=lambda *_a, **_k: None)
+        times = up(settings.inventory, log=lambda text: _log_step(log, origin, text))
         plan = labhosts.Plan.load(topology.STATE_DIR)
         assert plan is not None
         _log_step(log, origin, f"lab up: {len(plan.hosts)} hosts (root filesystem "
@@ -264,12 +270,15 @@ def demo(settings: DemoSettings, log: Callable[[str], None] = print) -> dict:
 
         _log_step(log, origin, "the lab is up already: using it")
         if settings.run_site:
-            build_wheels()  # the sources may have changed since the lab came up
+            _log_step(log, origin, "building the wheelhouses again (the sources may have changed)")
+            build_wheels()
     site_s, site_changed = 0.0, {}
     if settings.run_site:
         _log_step(log, origin, "running playbooks/site.yml (virtual networks, Slurm, NFS, lending "
-                               "hosts, brokers)")
-        site_s, site_changed = run_site(settings.inventory, out, lambda s: _log_step(log, origin, s))
+                               f"hosts, brokers); its full output goes to {out / 'site.log'}")
+        site_s, site_changed = run_site(settings.inventory, out,
+                                        lambda s: _log_step(log, origin, s),
+                                        tty=sys.stdout if live else None)
 
     heads = {"a": "a-head", "b": "b-head"}
     own_nodes = {h.name for h in plan.hosts if h.name.startswith("a-node")}
