@@ -58,6 +58,7 @@ def up(inventory: Path, log=print) -> dict[str, float]:
     times["rootfs"] = built
     plan.rootfs = str(rootfs.path)
     started = time.monotonic()
+    log(f"booting {len(plan.hosts)} hosts (networks, systemd-nspawn) and waiting for their SSH")
     try:
         labhosts.create(plan)
     except BaseException:
@@ -66,6 +67,7 @@ def up(inventory: Path, log=print) -> dict[str, float]:
     times["hosts"] = time.monotonic() - started
     write_domain_keys(inventory_data, topology.STATE_DIR)
     started = time.monotonic()
+    log("building the wheelhouses the roles install offline (violin-switch, viocluster)")
     build_wheels()
     times["wheels"] = time.monotonic() - started
     return times
