@@ -175,7 +175,10 @@ def main():
         try:
             pwd.getpwnam(p["user"])
         except KeyError:
-            module.fail_json(msg=f"user {p['user']} does not exist; create the daemon's account first")
+            if not module.check_mode:
+                module.fail_json(msg=f"user {p['user']} does not exist; create the daemon's account first")
+            # A dry run before the account exists: a TAP would be made (or remade) for it.
+            module.warn(f"user {p['user']} does not exist yet; a real run needs it")
 
     before = current(module, name)
     commands = []
