@@ -131,6 +131,7 @@ def inputs_for(kind: str) -> Inputs:
     if kind == "node":
         script = code_hash(build_node)
         return Inputs(kind, {"script": script, "init": sha(HERE / "node" / "viocluster-init"),
+                             "watchdog": sha(HERE / "node" / "viocluster-watchdog"),
                              "packages": " ".join(NODE_PACKAGES), "suite": SUITE,
                              "uml_modules": uml_modules_dir().name, "size": NODE_IMAGE_SIZE})
     if kind == "qemu-boot":
@@ -227,8 +228,9 @@ def build_node(work: Path, out: Path, key: str, mirror: str, cache: Path) -> dic
          f"--cache-dir={debs}", SUITE, str(root), mirror])
     mods = uml_modules_dir()
     shutil.copytree(mods, root / "lib" / "modules" / mods.name, symlinks=True)
-    shutil.copy(HERE / "node" / "viocluster-init", root / "sbin" / "viocluster-init")
-    os.chmod(root / "sbin" / "viocluster-init", 0o755)
+    for prog in ("viocluster-init", "viocluster-watchdog"):
+        shutil.copy(HERE / "node" / prog, root / "sbin" / prog)
+        os.chmod(root / "sbin" / prog, 0o755)
     # Package scripts leave a random munge key and a host identity in the tree: every VM
     # would share them. The key reaches each VM from its domain's config directory instead.
     for rel in ("etc/munge/munge.key", "etc/hostname", "etc/ssh/ssh_host_rsa_key"):
