@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+_HOST_BEFORE = pytest.StashKey[dict]()
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -41,15 +43,45 @@ def repo() -> Path:
     return REPO
 
 
-@pytest.fixture(scope="module", autouse=True)
-def host_left_as_found(request: pytest.FixtureRequest):
-    """Each test module leaves this machine's /dev/net/tun, sysctls and /etc as it found them
-    (removing what it added is not enough if it changed what was there)."""
+
+# This machine as the tests found it --------------------------------------------------------
+# No test may leave /dev/net/tun, the sysctls or /etc changed: a fresh machine has none of an
+# earlier run's changes. /dev is checked after each module (no fixture has a reason to change
+# it, so the module is named); /etc and sysctls once every fixture, session-wide ones included
+# (accounts held for a whole session), is torn down.
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    from hoststate import snapshot
+
+    session.config.stash[_HOST_BEFORE] = snapshot()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from hoststate import differences, snapshot
 
-    before = snapshot()
-    yield
+    before = session.config.stash.get(_HOST_BEFORE, None)
+    if before is None:
+        return
     changed = differences(before, snapshot())
     if changed:
-        pytest.fail(f"{request.node.nodeid} left this machine changed:\n  " + "\n  ".join(changed),
-                    pytrace=False)
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        text = "the tests left this machine changed:\n  " + "\n  ".join(changed)
+        if reporter is not None:
+            reporter.write_sep("=", "machine changed", red=True)
+            reporter.write_line(text)
+        else:
+            print(text)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="module", autouse=True)
+def dev_left_as_found(request: pytest.FixtureRequest):
+    """Each test module leaves /dev/net/tun (and the other device nodes checked) as it found it."""
+    from hoststate import differences, snapshot_dev
+
+    before = snapshot_dev()
+    yield
+    changed = differences(before, snapshot_dev())
+    if changed:
+        pytest.fail(f"{request.node.nodeid} left this machine's /dev changed:\n  "
+                    + "\n  ".join(changed), pytrace=False)

@@ -55,6 +55,14 @@ def _etc(root: Path = Path("/etc")) -> dict[str, str]:
     return out
 
 
+def _per_device(key: str) -> bool:
+    """net/ipv4/conf/DEV/..., net/ipv4/neigh/DEV/...: they come and go with their devices (and
+    a device left over is a leftover, not a changed setting); all and default stay."""
+    parts = key.split("/")
+    return (len(parts) > 3 and parts[0] == "net" and parts[2] in ("conf", "neigh")
+            and parts[3] not in ("all", "default"))
+
+
 def _sysctls() -> dict[str, str]:
     out: dict[str, str] = {}
     base = Path("/proc/sys")
@@ -63,7 +71,8 @@ def _sysctls() -> dict[str, str]:
             for name in filenames:
                 path = Path(dirpath) / name
                 key = str(path.relative_to(base))
-                if key.startswith(_SYSCTL_IGNORED) or not os.access(path, os.R_OK):
+                if key.startswith(_SYSCTL_IGNORED) or _per_device(key) \
+                        or not os.access(path, os.R_OK):
                     continue
                 try:
                     out[key] = path.read_text().strip()
@@ -82,6 +91,10 @@ def _dev() -> dict[str, str]:
             continue
         out[name] = f"{stat.S_IMODE(st.st_mode):o}:{st.st_uid}:{st.st_gid}"
     return out
+
+
+def snapshot_dev() -> dict[str, dict[str, str]]:
+    return {"dev": _dev()}
 
 
 def snapshot() -> dict[str, dict[str, str]]:
