@@ -32,6 +32,13 @@ class Node:
     memory_mb: int = 0
     free_memory_mb: int | None = None
     reason: str = ""
+    responding: bool = True  # False: the controller has lost contact with its node daemon
+
+    @property
+    def down_or_not_responding(self) -> bool:
+        """Down (by the scheduler or an administrator), failing, or not answering the
+        controller: a borrowed node in this state for long has lost its VM."""
+        return not self.responding or self.state.startswith(("down", "fail"))
 
     @property
     def busy(self) -> bool:

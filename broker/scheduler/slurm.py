@@ -2,7 +2,11 @@
 
 * Demand from ``squeue --json`` (data_parser v0.0.38, built into 22.05).
 * Nodes from ``sinfo -N``: physical nodes, those lent (drained with the reason
-  ``viocluster-lent:<contract>``) and those borrowed (feature ``borrowed``).
+  ``viocluster-lent:<contract>``) and those borrowed (feature ``borrowed``), each with its
+  state and whether the controller still hears its slurmd: ``idle*``, ``down*`` (the ``*``
+  flag, ``NOT_RESPONDING`` in ``scontrol``) is a node the controller has not heard from
+  since its last ping; it turns ``down`` after SlurmdTimeout. (``scontrol show node --json``
+  prints nothing in 22.05 without the REST plugins, so the text outputs are read.)
 * A borrowed VM joins by itself, as a dynamic node (``slurmd -Z --conf "... Feature=borrowed"``);
   :meth:`SlurmAdapter.admit` waits for it and makes sure it carries the feature.
 * :meth:`SlurmAdapter.remove` marks the node down (batch jobs on it are requeued at once), waits
@@ -33,7 +37,14 @@ _STATE_FLAGS = "*~#!%$@^-+"
 
 
 def _state(text: str) -> str:
-    return text.strip().lower().rstrip(_STATE_FLAGS).split("+")[0]
+    """The base state, lower case, without flags: ``IDLE*+DYNAMIC_NORM`` -> ``idle``."""
+    return text.strip().lower().split("+")[0].rstrip(_STATE_FLAGS)
+
+
+def _responding(text: str) -> bool:
+    """False for a node the controller does not hear (``idle*``, ``DOWN+NOT_RESPONDING``)."""
+    parts = text.strip().upper().split("+")
+    return "*" not in parts[0] and "NOT_RESPONDING" not in parts[1:]
 
 
 def _int(text: str) -> int | None:
@@ -59,6 +70,7 @@ def parse_sinfo(text: str) -> tuple[Node, ...]:
         nodes[name] = Node(
             name=name,
             state=_state(state),
+            responding=_responding(state),
             features=feats,
             cpus=_int(cpus) or 0,
             memory_mb=_int(memory) or 0,
@@ -86,6 +98,7 @@ def parse_scontrol_node(text: str, name: str) -> Node | None:
         return Node(
             name=name,
             state=_state(fields.get("State", "unknown")),
+            responding=_responding(fields.get("State", "unknown")),
             features=() if features in ("(null)", "") else tuple(features.split(",")),
             cpus=_int(fields.get("CPUTot", "0")) or 0,
             memory_mb=_int(fields.get("RealMemory", "0")) or 0,

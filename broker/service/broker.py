@@ -55,6 +55,8 @@ from broker.service.metrics import Metrics
 from broker.service.probes import CommandProbe, ProbeError
 from broker.service.store import StaleContract, Store
 
+COMPACT_EVERY_S = 3600.0  # how often closed contracts past their retention are removed
+
 log = logging.getLogger("broker")
 S = ContractState
 _RTT = re.compile(r"time=([0-9.]+) ms")
@@ -131,8 +133,16 @@ class Broker:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.last_snapshot: Snapshot | None = None
         self.last_intent: str = ""
-        self.peer_seen: dict[str, float] = {}
+        self.peer_seen: dict[str, float] = {}  # last message from each peer (status shows it)
+        # last time each peer was heard from: a message from it, or any answer to ours
+        self.peer_heard: dict[str, float] = {}
+        self.started_at = clock()
+        self.unhealthy_since: dict[str, float] = {}  # borrowed node -> first seen down
+        self.vm_missing_since: dict[str, float] = {}  # lent VM -> first seen missing
+        self.last_compacted: float | None = None
         self.repairs: list[str] = []
+        self.limits = rec.Limits(config.node_down_grace_s, config.peer_lost_timeout_s,
+                                 config.offer_ttl_s)
 
     # ================================================================== helpers
 
@@ -143,6 +153,13 @@ class Broker:
                  c.state.value, to.value, reason)
         self._count_contracts()
         return new
+
+    def _drop_proposal(self, c: Contract, reason: str) -> None:
+        """A proposal ended without an agreement: not kept as a contract, counted per peer."""
+        self.store.drop_refused(c, self.clock(), reason)
+        log.info("contract %s (%s, peer %s): proposal dropped: %s", c.id, c.role.value, c.peer,
+                 reason)
+        self._count_contracts()
 
     def _count_contracts(self) -> None:
         counts: dict[tuple[str, str], int] = {}
@@ -159,7 +176,10 @@ class Broker:
         peer = self.config.peers.get(peer_name)
         if peer is None:
             return Reply(0, {"error": f"{peer_name} is not a configured peer"})
-        return await self.client.send(peer, message)
+        reply = await self.client.send(peer, message)
+        if reply.status != 0:
+            self.peer_heard[peer_name] = self.clock()
+        return reply
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -206,7 +226,7 @@ class Broker:
 
     async def handle(self, m: Message) -> tuple[int, dict[str, Any]]:
         """Answer one authenticated, validated message: (HTTP status, JSON body)."""
-        self.peer_seen[m.sender] = self.clock()
+        self.peer_seen[m.sender] = self.peer_heard[m.sender] = self.clock()
         handler = {
             Request: self.on_request, Accept: self.on_accept, Decline: self.on_decline,
             Reclaim: self.on_reclaim, Return: self.on_return, Heartbeat: self.on_heartbeat,
@@ -288,7 +308,7 @@ class Broker:
             return 409, {"error": f"contract {c.id} is {c.state.value}, not proposed",
                          "code": "not_proposed"}
         if self.clock() - c.created_at > self.config.offer_ttl_s:
-            self._advance(c, S.CLOSED, "offer expired before it was accepted")
+            self._drop_proposal(c, "offer expired before it was accepted")
             return 409, {"error": f"offer {c.id} expired; ask again", "code": "expired"}
         offered = {h.name for h in c.offered}
         unknown = [h for h in m.hosts if h not in offered]
@@ -306,8 +326,9 @@ class Broker:
         if c is None or c.peer != m.sender:
             return self._unknown(m.contract_id)
         if c.state is S.PROPOSED:
-            self._advance(c, S.CLOSED, f"declined by {m.sender}: {m.reason}")
-        return 200, {"state": self.store.get(c.id).state.value}  # type: ignore[union-attr]
+            self._drop_proposal(c, f"declined by {m.sender}: {m.reason}")
+            return 200, {"state": S.CLOSED.value}
+        return 200, {"state": c.state.value}
 
     async def on_reclaim(self, m: Reclaim) -> tuple[int, dict[str, Any]]:
         """The lender takes its machines back: our nodes go down first (jobs requeued)."""
@@ -322,8 +343,8 @@ class Broker:
         self.busy.add(c.id)
         try:
             if c.state is S.PROPOSED:
-                c = self._advance(c, S.CLOSED, f"lender withdrew: {m.reason}")
-                return 200, {"state": c.state.value, "requeued": []}
+                self._drop_proposal(c, f"lender withdrew: {m.reason}")
+                return 200, {"state": S.CLOSED.value, "requeued": []}
             if c.state is not S.RECLAIMING:
                 c = self._advance(c, S.RECLAIMING, f"lender reclaims: {m.reason}")
             requeued = await self._release_borrowed(c)
@@ -340,8 +361,8 @@ class Broker:
         if c.state.final:
             return 200, {"state": c.state.value}
         if c.state is S.PROPOSED:
-            c = self._advance(c, S.CLOSED, f"borrower withdrew: {m.reason}")
-            return 200, {"state": c.state.value}
+            self._drop_proposal(c, f"borrower withdrew: {m.reason}")
+            return 200, {"state": S.CLOSED.value}
         if c.state is not S.RECLAIMING:
             c = self._advance(c, S.RECLAIMING, f"returned by {m.sender}: {m.reason}")
         if c.id not in self.busy:
@@ -364,15 +385,23 @@ class Broker:
                         c = self._advance(c, S.PROVISIONING, "borrower provisions")
                     self._advance(c, S.ACTIVE, "borrower's nodes are up")
                 elif peer_state in ("closed", "failed") and c.state is not S.PROPOSED:
-                    c = self._advance(c, S.RECLAIMING, f"borrower's contract is {peer_state}")
-                    self.busy.add(c.id)
-                    self._spawn(self._finish_lender_release(c))
+                    self._end_after_peer(c, f"borrower's contract is {peer_state}")
             elif peer_state in ("closed", "failed") and c.state in (S.ACTIVE, S.AGREED):
-                c = self._advance(c, S.RECLAIMING, f"lender's contract is {peer_state}")
-                self.busy.add(c.id)
-                self._spawn(self._finish_borrower_release(c, tell_lender=False))
+                self._end_after_peer(c, f"lender's contract is {peer_state}")
+        # every contract we hold with the sender, closed ones too: the sender ends its side
+        # of any we hold closed or do not know (Broker.heartbeat, reconcile.peer_view)
         mine = [[c.id, c.state.value] for c in self.store.contracts(peer=m.sender)]
         return 200, {"contracts": mine}
+
+    def _end_after_peer(self, c: Contract, reason: str) -> None:
+        """The peer has ended the contract: end our side (borrower: nodes down and deleted;
+        lender: VMs stopped, hosts resumed); no need to tell the peer."""
+        c = self._advance(c, S.RECLAIMING, reason)
+        self.busy.add(c.id)
+        if c.role is Role.BORROWER:
+            self._spawn(self._finish_borrower_release(c, tell_lender=False))
+        else:
+            self._spawn(self._finish_lender_release(c))
 
     # ================================================================== borrowing
 
@@ -413,7 +442,7 @@ class Broker:
             offer = self._reply_message(reply)
             if not isinstance(offer, Offer) or offer.contract_id != c.id:
                 why = offer.reason if isinstance(offer, Decline) else (reply.error or "no offer")
-                self._advance(c, S.CLOSED, f"{name} did not offer: {why}")
+                self._drop_proposal(c, f"{name} did not offer: {why}")
                 self.quiet_until[name] = now + max(3 * self.config.interval_s, 5.0)
                 continue
             offers[c.id] = offer
@@ -447,7 +476,7 @@ class Broker:
                 fitting = any(cand[1].id == c.id for cand in candidates)
                 why = ("other offers fit better" if fitting
                        else "no offered host fits the borrowing policy")
-                self._advance(c, S.CLOSED, why)
+                self._drop_proposal(c, why)
                 await self._send(name, self._msg(Decline, name, contract_id=c.id, reason=why))
                 continue
             if pool is not None:
@@ -458,7 +487,7 @@ class Broker:
                     hosts = hosts[:max(free, 0)]
                 if not hosts:
                     why = f"no free address in the VM address pool {pool}"
-                    self._advance(c, S.CLOSED, why)
+                    self._drop_proposal(c, why)
                     await self._send(name, self._msg(Decline, name, contract_id=c.id, reason=why))
                     continue
             nodes = tuple((h.name, vm_node_name(self.config.domain, c.id, i)) for i, h in enumerate(hosts))
@@ -550,21 +579,31 @@ class Broker:
     async def give_back(self, c: Contract, reason: str) -> Contract:
         """Return borrowed machines: nodes out of our scheduler, then tell the lender."""
         self.busy.add(c.id)
-        c = self._advance(c, S.RECLAIMING, f"returning: {reason}")
+        try:
+            c = self._advance(c, S.RECLAIMING, f"returning: {reason}")
+        except (IllegalTransition, StaleContract):
+            self.busy.discard(c.id)
+            raise
         return await self._finish_borrower_release(c, tell_lender=True)
 
     async def _finish_borrower_release(self, c: Contract, tell_lender: bool) -> Contract:
         self.busy.add(c.id)
         try:
             await self._release_borrowed(c)
-            if tell_lender:
-                reply = await self._send(c.lender, self._msg(Return, c.lender, contract_id=c.id,
-                                                             reason="returned"))
-                if not reply.ok:
-                    log.warning("contract %s: lender has not taken the return yet (%s); will retry",
-                                c.id, reply.error)
-                    return c
-            return self._advance(c, S.CLOSED, "returned to the lender")
+            if not tell_lender:
+                return self._advance(c, S.CLOSED, "nodes out; the lender had ended its side")
+            reply = await self._send(c.lender, self._msg(Return, c.lender, contract_id=c.id,
+                                                         reason=c.reason or "returned"))
+            if reply.ok:
+                return self._advance(c, S.CLOSED, "returned to the lender")
+            if reply.status == 404:
+                return self._advance(c, S.CLOSED, "nodes out; the lender holds no such contract")
+            # Our side is done (nodes down and deleted). The lender learns the contract is
+            # closed from the answer to its next heartbeat, or takes its hosts back once it
+            # has not heard from us for its peer_lost_timeout_s.
+            log.warning("contract %s: the lender was not told (%s); it learns at the next "
+                        "contact", c.id, reply.error)
+            return self._advance(c, S.CLOSED, f"nodes out; lender not told yet ({reply.error[:120]})")
         finally:
             self.busy.discard(c.id)
 
@@ -575,7 +614,11 @@ class Broker:
         self.busy.add(c.id)
         start = time.monotonic()
         if c.state is not S.RECLAIMING:
-            c = self._advance(c, S.RECLAIMING, reason)
+            try:
+                c = self._advance(c, S.RECLAIMING, reason)
+            except (IllegalTransition, StaleContract):
+                self.busy.discard(c.id)
+                raise
         reply = await self._send(c.borrower, self._msg(Reclaim, c.borrower, contract_id=c.id,
                                                        reason=reason))
         if not reply.ok:
@@ -608,7 +651,10 @@ class Broker:
                 self.metrics.reclaim_seconds.observe(time.monotonic() - started)
             self.metrics.playbooks.labels(playbook="reclaim", result="ok" if result.ok else "failed").inc()
             for host in c.host_names:
-                await asyncio.to_thread(self.scheduler.unlend, host)
+                try:
+                    await asyncio.to_thread(self.scheduler.unlend, host)
+                except SchedulerError as exc:  # a dead host: reconciliation resumes it later
+                    log.warning("contract %s: cannot put %s back in service yet: %s", c.id, host, exc)
             if not result.ok:
                 return self._advance(c, S.FAILED, f"reclaim playbook: {result.summary()}")
             return self._advance(c, S.CLOSED, "VMs stopped, hosts back in service")
@@ -618,16 +664,16 @@ class Broker:
     # ================================================================== the interval
 
     async def tick(self) -> None:
-        now = self.clock()
+        """One interval: reconcile contracts with what runs, then act on the policy's intent,
+        then heartbeat every peer (and end what a peer's answer says is over)."""
         snap = await self._snapshot()
+        await self.reconcile(starting=False, snap=snap)
+        now = self.clock()
         state = snap.domain_state()
         intent = self.policy.intent(state, now)
         self.last_intent = f"{intent.action.value} {intent.nodes}".strip()
         open_ = [c for c in self.store.contracts(open_only=True) if c.id not in self.busy]
 
-        for c in open_:  # offers and requests nobody answered
-            if c.state is S.PROPOSED and now - c.created_at > self.config.offer_ttl_s:
-                self._advance(c, S.CLOSED, "expired without agreement")
         lent = [c for c in open_ if c.role is Role.LENDER and c.state is S.ACTIVE]
         loans = [Loan(c.id, c.borrower, c.updated_at) for c in lent]
         by_id = {c.id: c for c in lent}
@@ -648,26 +694,54 @@ class Broker:
             for c in open_:
                 if left <= 0:
                     break
-                if c.role is Role.BORROWER and c.state is S.ACTIVE:
+                if c.role is Role.BORROWER and c.state is S.ACTIVE and c.id not in self.busy:
                     nodes = [snap.node(n) for n in c.node_names]
                     if all(n is not None and n.idle for n in nodes) and len(nodes) <= left:
                         left -= len(nodes)
                         self._spawn(self.give_back(c, "idle, and our own nodes suffice"))
-        for c in open_:
-            if c.state is S.RECLAIMING and c.id not in self.busy:
-                self.busy.add(c.id)
-                self._spawn(self._finish_reclaim(c))
         for peer in self.config.peers:
             await self.heartbeat(peer, idle_every=max(5 * self.config.interval_s, 10.0))
+        self._compact(now)
+
+    def _compact(self, now: float) -> None:
+        if self.last_compacted is not None and now - self.last_compacted < COMPACT_EVERY_S:
+            return
+        self.last_compacted = now
+        done = self.store.compact(now, self.config.contract_retention_days * 86400.0)
+        if done.contracts or done.messages:
+            log.info("compacted the store: %d closed contract(s) older than %g days, %d "
+                     "message id(s)", done.contracts, self.config.contract_retention_days,
+                     done.messages)
+            self._count_contracts()
 
     async def heartbeat(self, peer: str, idle_every: float | None = None) -> None:
         """Tell the peer the states of our open contracts with it; with none, still say we are
-        alive every ``idle_every`` seconds (so a broken pin or route shows before a trade)."""
-        mine = tuple((c.id, c.state.value) for c in self.store.contracts(open_only=True, peer=peer))
+        alive every ``idle_every`` seconds (so a broken pin or route shows before a trade).
+
+        The answer lists every contract the peer holds with us: one of ours it holds closed,
+        or does not know, is ended on our side (:func:`reconcile.peer_view`)."""
+        open_ = self.store.contracts(open_only=True, peer=peer)
+        mine = tuple((c.id, c.state.value) for c in open_)
         now = self.clock()
-        if mine or (idle_every is not None and now - self.heartbeat_sent.get(peer, -1e18) >= idle_every):
-            self.heartbeat_sent[peer] = now
-            await self._send(peer, self._msg(Heartbeat, peer, contracts=mine))
+        if not (mine or (idle_every is not None
+                         and now - self.heartbeat_sent.get(peer, -1e18) >= idle_every)):
+            return
+        self.heartbeat_sent[peer] = now
+        asked = {c.id: c.updated_at for c in open_}
+        reply = await self._send(peer, self._msg(Heartbeat, peer, contracts=mine))
+        view = reply.body.get("contracts") if reply.ok else None
+        if not isinstance(view, list):
+            return
+        theirs = {str(item[0]): str(item[1]) for item in view
+                  if isinstance(item, list) and len(item) == 2}
+        for action in rec.peer_view(self.store.contracts(open_only=True, peer=peer), peer,
+                                    asked, theirs, frozenset(self.busy)):
+            c = self.store.get(action.contract_id)
+            if c is None or c.id in self.busy or c.state.final:
+                continue
+            log.warning("reconcile: %s", action)
+            self._note_repair(action)
+            self._end_after_peer(c, action.why)
 
     async def _finish_reclaim(self, c: Contract) -> Contract:
         if c.role is Role.BORROWER:
@@ -676,36 +750,68 @@ class Broker:
 
     # ================================================================== reconciliation
 
-    async def reconcile(self, starting: bool = True) -> list[rec.Action]:
-        """Compare contracts with what runs, and repair the difference."""
-        snap = await self._snapshot()
+    def _note_repair(self, action: rec.Action) -> None:
+        self.repairs.append(str(action))
+        del self.repairs[:-100]
+        self.metrics.repairs.labels(kind=action.kind).inc()
+
+    async def observe(self, snap: Snapshot | None = None) -> rec.Observed:
+        """What runs now: the scheduler's nodes (with their state), VMs, switch peers, and
+        since when each fault has lasted and each peer was last heard."""
+        at = self.clock()
+        if snap is None:
+            snap = await self._snapshot()
         vms = switch = None
-        try:
-            if self.vm_probe is not None:
-                vms = await asyncio.to_thread(self.vm_probe.list)
-            if self.switch_probe is not None:
-                switch = await asyncio.to_thread(self.switch_probe.list)
-        except ProbeError as exc:
-            log.error("reconciliation cannot see everything: %s", exc)
-        observed = rec.Observed(
+        for name, probe in (("vms", self.vm_probe), ("switch", self.switch_probe)):
+            if probe is None:
+                continue
+            try:
+                found = await asyncio.to_thread(probe.list)
+            except ProbeError as exc:
+                log.error("reconciliation cannot see everything: %s", exc)
+                continue
+            if name == "vms":
+                vms = found
+            else:
+                switch = found
+        now = self.clock()
+        unhealthy = {n.name for n in snap.borrowed if n.down_or_not_responding}
+        self.unhealthy_since = rec.track(self.unhealthy_since, unhealthy, now)
+        if vms is not None:  # a probe that failed tells nothing about missing VMs
+            missing = rec.missing_vms(self.store.contracts(open_only=True), vms)
+            self.vm_missing_since = rec.track(self.vm_missing_since, missing, now)
+        return rec.Observed(
+            at=at,
             borrowed_nodes=frozenset(n.name for n in snap.borrowed),
             lent_nodes=frozenset(n.name for n in snap.lent),
             vms=vms,
             switch_peers=switch,
+            unhealthy_since=dict(self.unhealthy_since),
+            vm_missing_since=dict(self.vm_missing_since),
+            peer_heard={p: self.peer_heard.get(p, self.started_at) for p in self.config.peers},
         )
-        actions = rec.plan(self.store.contracts(), observed, starting=starting)
+
+    async def reconcile(self, starting: bool = True, snap: Snapshot | None = None) -> list[rec.Action]:
+        """Compare contracts with what runs, and repair the difference (on start, and then
+        every interval)."""
+        observed = await self.observe(snap)
+        # contracts are read after the observation: one that changed meanwhile is newer than
+        # ``observed.at`` and the plan leaves it for the next interval
+        actions = rec.plan(self.store.contracts(), observed, starting=starting, now=self.clock(),
+                           limits=self.limits, busy=frozenset(self.busy))
         for action in actions:
             log.warning("reconcile: %s", action)
-            self.repairs.append(str(action))
-            self.metrics.repairs.labels(kind=action.kind).inc()
+            self._note_repair(action)
             try:
-                await self._repair(action)
+                await self._repair(action, starting)
             except (SchedulerError, ProbeError, IllegalTransition, StaleContract) as exc:
                 log.error("reconcile: %s failed: %s", action, exc)
         return actions
 
-    async def _repair(self, a: rec.Action) -> None:
+    async def _repair(self, a: rec.Action, starting: bool) -> None:
         c = self.store.get(a.contract_id) if a.contract_id else None
+        if a.contract_id and (c is None or c.state.final or c.id in self.busy):
+            return  # moved on since the plan was made
         if a.kind == "remove_node":
             await asyncio.to_thread(self.scheduler.remove, a.target, "viocluster-orphan")
         elif a.kind == "unlend":
@@ -716,10 +822,10 @@ class Broker:
             await asyncio.to_thread(self.vm_probe.remove, a.target)
         elif a.kind == "remove_peer" and self.switch_probe is not None:
             await asyncio.to_thread(self.switch_probe.remove, a.target)
-        elif a.kind == "expire" and c is not None:
-            self._advance(c, S.CLOSED, "broker restarted before agreement")
-            await self._send(c.peer, self._msg(Decline, c.peer, contract_id=c.id,
-                                               reason="broker restarted before agreement"))
+        elif a.kind == "expire" and c is not None and c.state is S.PROPOSED:
+            self._drop_proposal(c, a.why)
+            if starting:
+                await self._send(c.peer, self._msg(Decline, c.peer, contract_id=c.id, reason=a.why))
         elif a.kind == "rollback" and c is not None:
             await self._release_borrowed(c)  # nodes out of the scheduler before the API opens
             self.busy.add(c.id)
@@ -730,9 +836,14 @@ class Broker:
         elif a.kind == "finish_reclaim" and c is not None:
             self.busy.add(c.id)
             self._spawn(self._finish_reclaim(c))
-        elif a.kind == "vanished" and c is not None:
+        elif a.kind in ("vanished", "node_down") and c is not None and c.state is S.ACTIVE:
+            # our side first (down: jobs requeued; deleted), then the lender is told
             self.busy.add(c.id)
-            self._spawn(self.give_back(c, f"node(s) {a.target} vanished from the scheduler"))
+            self._spawn(self.give_back(c, a.why))
+        elif a.kind in ("vm_gone", "peer_lost") and c is not None:
+            # the borrower is told (if it answers), the VMs stopped, our hosts resumed
+            self.busy.add(c.id)
+            self._spawn(self.reclaim(c, a.why))
 
     async def _rollback(self, c: Contract) -> None:
         """A borrow cut off by a restart: undo it with the reclaim playbook, mark it failed."""
@@ -769,6 +880,9 @@ class Broker:
                 for c in contracts
             ],
             "repairs": self.repairs[-20:],
+            "refusals": [{"peer": r.peer, "role": r.role.value, "count": r.count,
+                          "first_at": r.first_at, "last_at": r.last_at, "reason": r.last_reason}
+                         for r in self.store.refusals()],
         }
 
     async def drain(self) -> None:

@@ -24,7 +24,8 @@ FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 TOP_KEYS = {
     "domain", "site", "state_dir", "listen", "status_listen", "tls", "peers", "policy",
     "interval_s", "request_timeout_s", "offer_ttl_s", "needs", "scheduler", "lending",
-    "executor", "probes", "vm_addresses",
+    "executor", "probes", "vm_addresses", "node_down_grace_s", "peer_lost_timeout_s",
+    "contract_retention_days",
 }
 
 
@@ -96,6 +97,13 @@ class BrokerConfig:
     vm_probe: ProbeConfig
     switch_probe: ProbeConfig
     vm_pool: AddressPool | None = None  # None: borrow.yml derives each VM's address from its name
+    # Reconciliation (docs/broker.md, "Reconciliation"): how long a borrowed node may be down
+    # or not responding, or a lent VM missing, before the contract is ended; how long a lender
+    # waits without a word from a borrower before it takes its hosts back; how long closed
+    # contracts are kept.
+    node_down_grace_s: float = 30.0
+    peer_lost_timeout_s: float = 120.0
+    contract_retention_days: float = 30.0
 
     @property
     def db_path(self) -> Path:
@@ -288,6 +296,13 @@ def parse_config(raw: Any, source: str, base: Path) -> BrokerConfig:
         except PoolError as exc:
             raise r.fail(f"vm_addresses.{exc.where}", exc.message) from None
 
+    interval_s = r.number(top.get("interval_s", 10), "interval_s")
+    peer_lost = r.number(top.get("peer_lost_timeout_s", 120), "peer_lost_timeout_s")
+    if peer_lost < 3 * interval_s:
+        raise r.fail("peer_lost_timeout_s", f"got {peer_lost:g}; expected at least 3 x interval_s "
+                     f"({3 * interval_s:g}): a peer heartbeats once an interval, and a missed "
+                     "heartbeat or two is not a lost peer")
+
     return BrokerConfig(
         source=source,
         domain=domain,
@@ -298,7 +313,7 @@ def parse_config(raw: Any, source: str, base: Path) -> BrokerConfig:
         tls=tls,
         peers=peers,
         policy=policy,
-        interval_s=r.number(top.get("interval_s", 10), "interval_s"),
+        interval_s=interval_s,
         request_timeout_s=r.number(top.get("request_timeout_s", 5), "request_timeout_s"),
         offer_ttl_s=r.number(top.get("offer_ttl_s", 60), "offer_ttl_s"),
         needs=needs,
@@ -308,4 +323,8 @@ def parse_config(raw: Any, source: str, base: Path) -> BrokerConfig:
         vm_probe=found["vms"],
         switch_probe=found["switch"],
         vm_pool=vm_pool,
+        node_down_grace_s=r.number(top.get("node_down_grace_s", 30), "node_down_grace_s"),
+        peer_lost_timeout_s=peer_lost,
+        contract_retention_days=r.number(top.get("contract_retention_days", 30),
+                                         "contract_retention_days"),
     )

@@ -5,6 +5,12 @@ returned from is on disk, so a broker killed right after loses nothing. Every ch
 contract and the log line that explains it are written in one transaction; a save whose
 ``from`` state no longer matches the row (someone else moved the contract) is refused.
 
+Refused attempts do not pile up: a proposal that ends without an agreement (the peer declined,
+did not answer, or nobody accepted the offer in time) is removed with its log, and counted in
+one row per peer and role (:meth:`Store.drop_refused`, :meth:`Store.refusals`). Closed and
+failed contracts are removed once they are older than the retention period, and message ids
+after a day (:meth:`Store.compact`).
+
 The VM addresses a borrower gave a contract (from its pool, ``broker.service.addresses``) are
 kept in the contract's row; a contract holds them while it is open. A write that would let two
 open contracts hold one address is refused.
@@ -26,11 +32,16 @@ from broker.negotiation.contracts import Contract, ContractState, Role, Transiti
 from broker.negotiation.messages import HostOffer, Needs, Terms
 from broker.service.addresses import address_of
 
-SCHEMA_VERSION = 2
-# schema 1 had no addresses column; a database of schema 1 gets it (empty lists) on opening
+SCHEMA_VERSION = 3
+# schema 1 had no addresses column; a database of schema 1 gets it (empty lists) on opening.
+# schema 2 had no refusals table (SCHEMA below makes it).
 MIGRATIONS = {
     1: "ALTER TABLE contracts ADD COLUMN addresses TEXT NOT NULL DEFAULT '[]'",
+    2: "SELECT 1",
 }
+# A message id is remembered this long (seconds) so that a resent message is answered once;
+# a peer resends within its request timeout, so a day is ample.
+MESSAGE_ID_RETENTION_S = 86400.0
 COLUMNS = ("id, role, borrower, lender, state, created_at, updated_at, requested, needs, terms, "
            "offered, nodes, reason, addresses")
 SCHEMA = """
@@ -70,6 +81,16 @@ CREATE TABLE IF NOT EXISTS messages (
     status INTEGER NOT NULL,
     response TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS messages_received ON messages(received_at);
+CREATE TABLE IF NOT EXISTS refusals (
+    peer TEXT NOT NULL,
+    role TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    first_at REAL NOT NULL,
+    last_at REAL NOT NULL,
+    last_reason TEXT NOT NULL,
+    PRIMARY KEY (peer, role)
+);
 """
 
 
@@ -83,6 +104,24 @@ class StaleContract(StoreError):
 
 class AddressInUse(StoreError):
     """A VM address would be held by two open contracts at once."""
+
+
+@dataclass(frozen=True)
+class Refusals:
+    """Proposals with one peer, on one side, that ended without an agreement."""
+
+    peer: str
+    role: Role
+    count: int
+    first_at: float
+    last_at: float
+    last_reason: str
+
+
+@dataclass(frozen=True)
+class Compacted:
+    contracts: int
+    messages: int
 
 
 @dataclass(frozen=True)
@@ -270,6 +309,52 @@ class Store:
             Transition(r[0], r[1], ContractState(r[2]) if r[2] else None, ContractState(r[3]), r[4])
             for r in rows
         ]
+
+    # ------------------------------------------------------------------ hygiene
+
+    def drop_refused(self, contract: Contract, at: float, reason: str) -> None:
+        """A ``proposed`` contract ended without an agreement: remove it and its log, and
+        count it in the peer's refusals, in one transaction. Refused if it is no longer
+        ``proposed`` (someone moved it on)."""
+        with self.transaction():
+            cur = self._db.execute("DELETE FROM transitions WHERE contract_id=? AND EXISTS "
+                                   "(SELECT 1 FROM contracts WHERE id=? AND state=?)",
+                                   (contract.id, contract.id, ContractState.PROPOSED.value))
+            cur = self._db.execute("DELETE FROM contracts WHERE id=? AND state=?",
+                                   (contract.id, ContractState.PROPOSED.value))
+            if cur.rowcount != 1:
+                now = self.get(contract.id)
+                raise StaleContract(f"contract {contract.id} is "
+                                    f"{now.state.value if now else 'unknown'}, not proposed")
+            self._db.execute(
+                "INSERT INTO refusals(peer, role, count, first_at, last_at, last_reason) "
+                "VALUES (?,?,1,?,?,?) ON CONFLICT(peer, role) DO UPDATE SET "
+                "count=count+1, last_at=excluded.last_at, last_reason=excluded.last_reason",
+                (contract.peer, contract.role.value, at, at, reason),
+            )
+
+    def refusals(self) -> list[Refusals]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT peer, role, count, first_at, last_at, last_reason FROM refusals "
+                "ORDER BY peer, role").fetchall()
+        return [Refusals(r[0], Role(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
+
+    def compact(self, now: float, retention_s: float,
+                message_retention_s: float = MESSAGE_ID_RETENTION_S) -> Compacted:
+        """Remove closed and failed contracts (and their logs) last changed more than
+        ``retention_s`` ago, and message ids older than ``message_retention_s``."""
+        final = tuple(s.value for s in ContractState if s.final)
+        marks = ",".join("?" * len(final))
+        with self.transaction():
+            old = f"SELECT id FROM contracts WHERE state IN ({marks}) AND updated_at < ?"
+            args = (*final, now - retention_s)
+            self._db.execute(f"DELETE FROM transitions WHERE contract_id IN ({old})", args)
+            gone = self._db.execute(
+                f"DELETE FROM contracts WHERE state IN ({marks}) AND updated_at < ?", args).rowcount
+            messages = self._db.execute("DELETE FROM messages WHERE received_at < ?",
+                                        (now - message_retention_s,)).rowcount
+        return Compacted(gone, messages)
 
     # ------------------------------------------------------------------ message ids
 

@@ -44,13 +44,16 @@ def test_the_borrower_asks_every_peer_and_takes_the_best_fitting_offer(tmp_path,
             await a.tick()
             await a.drain()
             mine = {x.lender: x for x in a.store.contracts()}
-            assert set(mine) == {"b", "c"}  # A asked both peers
+            assert set(mine) == {"b"}  # the declined offer of C is not kept as a contract...
             assert mine["b"].state is S.ACTIVE, mine["b"].reason
-            assert mine["c"].state is S.CLOSED and "other offers fit better" in mine["c"].reason
+            [refused] = a.store.refusals()  # ... but counted against C, with the reason
+            assert (refused.peer, refused.count) == ("c", 1)
+            assert "other offers fit better" in refused.last_reason
             [cb] = b.store.contracts()
-            [cc] = c.store.contracts()
             assert cb.state is S.ACTIVE and cb.role is Role.LENDER
-            assert cc.state is S.CLOSED and cc.offered[0].rtt_ms is None  # C offered, was declined
+            assert c.store.contracts() == []  # C offered, was declined: counted there too
+            [theirs] = c.store.refusals()
+            assert theirs.peer == "a" and "declined by a: other offers fit better" in theirs.last_reason
             assert [n.name for n in c.scheduler.snapshot().lent] == []
             # clean up: A gives the node back
             slurm.run("scancel", "-u", "root")
