@@ -6,6 +6,10 @@ private /run. It sits in its own network namespace with ``eth0`` on a bridge, an
 real SSH with a key the lab makes. Everything made is written to a state file first, so
 ``destroy`` removes exactly that (and still works after a crash half way through ``create``).
 
+Each host runs in a cgroup of its own (on the cgroup v2 hierarchy, where there is one), so
+everything it runs can be killed at once, as by a power cut: :func:`power_cut`; :func:`boot`
+starts it again from its persistent overlay.
+
 This module is the thin I/O layer: :class:`Plan` says what to build, :func:`create` and
 :func:`destroy` do it with ``ip`` and ``systemd-nspawn``.
 """
@@ -26,6 +30,8 @@ from pathlib import Path
 from broker.errors import UserError
 
 NETNS_DIR = Path("/run/netns")
+#: Under the cgroup v2 hierarchy: one cgroup per host, named after its machine.
+CGROUP_PARENT = "viocluster-lab"
 
 
 class LabHostError(UserError):
@@ -44,6 +50,7 @@ class Bridge:
     name: str  # at most 15 characters
     netns: str | None  # None: the root network namespace
     address: str | None = None  # "10.205.3.1/24" gives the bridge (the gateway) an address
+    domain: str | None = None  # the lab domain whose physical network this is
 
 
 @dataclass
@@ -70,7 +77,9 @@ class Host:
     port: str  # the bridge-side veth name, at most 15 characters
     binds: list[Bind] = field(default_factory=list)
     extra_hosts: dict[str, str] = field(default_factory=dict)  # name -> address for /etc/hosts
-    pid: int | None = None
+    pid: int | None = None  # the nspawn process while the host runs
+    cgroup: str | None = None  # the cgroup v2 directory it runs in (None: no cgroup v2 here)
+    crashed: bool = False  # powered off by a fault (power_cut) and not started since
 
     @property
     def ip(self) -> str:
@@ -89,6 +98,9 @@ class Plan:
     links: list[Link] = field(default_factory=list)
     hosts: list[Host] = field(default_factory=list)
     sysctls: list[tuple[str | None, str, str]] = field(default_factory=list)  # (netns, key, value)
+    # faults in force (broker.lab.faults): domain pairs cut apart, hosts whose cable is pulled
+    partitions: list[tuple[str, str]] = field(default_factory=list)
+    cut: list[str] = field(default_factory=list)
 
     @property
     def state_file(self) -> Path:
@@ -123,6 +135,8 @@ class Plan:
                 hosts=[Host(**{**h, "binds": [Bind(**b) for b in h["binds"]]})
                        for h in raw["hosts"]],
                 sysctls=[tuple(s) for s in raw["sysctls"]],
+                partitions=[tuple(p) for p in raw.get("partitions", [])],
+                cut=list(raw.get("cut", [])),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise LabHostError(
@@ -212,11 +226,35 @@ def create(plan: Plan, ssh_timeout: float = 90.0) -> None:
         _make_host_net(plan, host)
         _write_upper(plan, host, state / host.machine)
     for host in plan.hosts:
+        host.cgroup = _make_cgroup(host.machine)
+        plan.save()
         host.pid = _boot(plan, host, state / host.machine)
         plan.save()
     deadline = time.monotonic() + ssh_timeout
     for host in plan.hosts:
         _wait_ssh(host, state / host.machine, deadline)
+
+
+def boot(plan: Plan, host: Host, ssh_timeout: float = 90.0) -> None:
+    """Boot one host that is down, from its persistent overlay, as when power comes back.
+
+    Its network namespace and port are still there (a dead host stays plugged in); its
+    ``eth0`` comes up again, and what is missing is made again. Its private layer is kept as
+    it is: what roles wrote stays, and the services enabled in it start at boot. Returns once
+    it answers SSH.
+    """
+    hdir = Path(plan.state_dir) / host.machine
+    if not (hdir / "upper").is_dir():
+        raise LabHostError(f"host {host.name} has no private layer in {hdir}; the lab is broken, "
+                           "take it down and up again")
+    _make_host_net(plan, host)
+    if host.cgroup:
+        remove_cgroup(host.cgroup)  # what a crashed host left (empty by now)
+    host.cgroup = _make_cgroup(host.machine)
+    host.pid = _boot(plan, host, hdir)
+    host.crashed = False
+    plan.save()
+    _wait_ssh(host, hdir, time.monotonic() + ssh_timeout)
 
 
 def _make_link(link: Link) -> None:
@@ -282,6 +320,80 @@ def _write_upper(plan: Plan, host: Host, hdir: Path) -> None:
         Path(bind.source).mkdir(parents=True, exist_ok=True)
 
 
+def _cgroup_mount(kind: str, option: str | None = None) -> Path | None:
+    try:
+        with open("/proc/self/mounts") as fh:
+            for line in fh:
+                fields = line.split()
+                if len(fields) > 3 and fields[2] == kind and (
+                        option is None or option in fields[3].split(",")):
+                    return Path(fields[1])
+    except OSError:
+        pass
+    return None
+
+
+def cgroup2_root() -> Path | None:
+    """Where the cgroup v2 hierarchy is mounted (``/sys/fs/cgroup``, or its ``unified``
+    directory on a hybrid set-up); None where there is none."""
+    return _cgroup_mount("cgroup2")
+
+
+def host_cgroups(cgroup: str) -> list[Path]:
+    """The host's cgroup, and on a hybrid set-up the one nspawn mirrors it to in the
+    ``name=systemd`` hierarchy."""
+    path = Path(cgroup)
+    found = [path]
+    named = _cgroup_mount("cgroup", "name=systemd")
+    if named is not None and path.parent.name == CGROUP_PARENT:
+        found.append(named / CGROUP_PARENT / path.name)
+    return found
+
+
+def _make_cgroup(machine: str) -> str | None:
+    """A cgroup v2 directory for one host, so that all it runs can be killed at once."""
+    root = cgroup2_root()
+    if root is None:
+        return None
+    path = root / CGROUP_PARENT / machine
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LabHostError(f"cannot make the host's cgroup {path}: {exc}") from exc
+    return str(path)
+
+
+def cgroup_pids(cgroup: str | None) -> list[int]:
+    """Every process in the cgroup and the cgroups below it."""
+    if not cgroup or not Path(cgroup).is_dir():
+        return []
+    pids: list[int] = []
+    for dirpath, _, files in os.walk(cgroup):
+        if "cgroup.procs" in files:
+            try:
+                pids += [int(p) for p in Path(dirpath, "cgroup.procs").read_text().split()]
+            except OSError:
+                pass
+    return pids
+
+
+def remove_cgroup(cgroup: str) -> None:
+    """Remove an empty host cgroup, the ones its systemd made below it first; and the lab's
+    parent cgroup when no other host is left in it."""
+    for path in host_cgroups(cgroup):
+        if path.is_dir():
+            for dirpath, _, _ in sorted(os.walk(path), key=lambda w: -len(w[0])):
+                try:
+                    os.rmdir(dirpath)
+                except OSError:
+                    pass
+        if path.parent.name == CGROUP_PARENT:
+            try:
+                path.parent.rmdir()
+            except OSError:  # another host (of this lab or a molecule scenario) is in it
+                pass
+
+
 def _boot(plan: Plan, host: Host, hdir: Path) -> int:
     cmd = [
         "systemd-nspawn", "--boot", "--quiet",
@@ -299,6 +411,10 @@ def _boot(plan: Plan, host: Host, hdir: Path) -> int:
     for bind in host.binds:
         flag = "--bind-ro" if bind.read_only else "--bind"
         cmd.append(f"{flag}={bind.source}:{bind.target}")
+    if host.cgroup:
+        # The shell moves itself into the host's cgroup, then becomes nspawn (same pid): every
+        # process of the host starts inside it.
+        cmd = ["sh", "-c", 'echo 0 > "$0/cgroup.procs" && exec "$@"', host.cgroup, *cmd]
     console = open(hdir / "console.log", "ab")  # noqa: SIM115 - handed to the child
     try:
         proc = subprocess.Popen(
@@ -356,30 +472,84 @@ def _is_our_nspawn(pid: int, machine: str) -> bool:
     )
 
 
-def stop_hosts(hosts: list[Host], timeout: float = 6.0) -> None:
-    """Orderly poweroff (SIGTERM to nspawn), then SIGKILL what is left after ``timeout``.
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)  # when it is our own child
+    except ChildProcessError:
+        pass
 
-    Nothing of a host outlives it: its processes die with its PID namespace, its mounts with
-    its mount namespace; the lab removes its network namespace and overlay afterwards.
+
+def _nspawn_running(host: Host) -> bool:
+    return bool(host.pid) and _alive(host.pid) and _is_our_nspawn(host.pid, host.machine)
+
+
+def host_running(host: Host) -> bool:
+    """Whether anything of the host runs: its nspawn, or processes left in its cgroup."""
+    return _nspawn_running(host) or bool(cgroup_pids(host.cgroup))
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def power_cut(host: Host, timeout: float = 10.0) -> None:
+    """Kill every process of the host at once, as a power cut: nothing shuts down.
+
+    A SIGKILL to nspawn alone is not enough: the host's init is nspawn's child in a PID
+    namespace of its own and lives on, reparented, with all it runs. With the host in a cgroup
+    v2 of its own, ``cgroup.kill`` kills every process in it (nspawn, the host's init and
+    everything below) in one step. Without one, SIGKILL to the host's init ends its PID
+    namespace (the kernel kills every process in it), then nspawn goes.
     """
-    pids = [h.pid for h in hosts if h.pid and _is_our_nspawn(h.pid, h.machine)]
-    for pid in pids:
-        os.kill(pid, signal.SIGTERM)
+    kill_file = Path(host.cgroup, "cgroup.kill") if host.cgroup else None
+    if kill_file is not None and kill_file.exists():
+        kill_file.write_text("1")
+    elif host.pid and _is_our_nspawn(host.pid, host.machine):
+        for child in _children(host.pid):
+            os.kill(child, signal.SIGKILL)
+        os.kill(host.pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
-    for pid in pids:
-        while _alive(pid) and time.monotonic() < deadline:
+    while True:
+        if host.pid:
+            _reap(host.pid)
+        left = cgroup_pids(host.cgroup)
+        if not left and not _nspawn_running(host):
+            break
+        if time.monotonic() > deadline:
+            raise LabHostError(f"host {host.name}: processes {left or [host.pid]} outlived "
+                               "a SIGKILL; see `ps` and kill them by hand")
+        time.sleep(0.02)
+    if host.cgroup:
+        remove_cgroup(host.cgroup)
+
+
+def stop_hosts(hosts: list[Host], timeout: float = 6.0) -> None:
+    """Orderly poweroff (SIGTERM to nspawn), then a power cut of what is left after ``timeout``.
+
+    Nothing of a host outlives it: its processes die with its cgroup and PID namespace, its
+    mounts with its mount namespace; the lab removes its network namespace and overlay
+    afterwards.
+    """
+    running = [h for h in hosts if _nspawn_running(h)]
+    for host in running:
+        assert host.pid is not None
+        os.kill(host.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for host in running:
+        assert host.pid is not None
+        while _alive(host.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
-        try:
-            os.waitpid(pid, os.WNOHANG)  # reap when it is our own child
-        except ChildProcessError:
-            pass
-    for pid in pids:
-        for _ in range(100):
-            if not _alive(pid):
-                break
-            time.sleep(0.05)
+    for host in hosts:
+        if host.pid:
+            _reap(host.pid)
+        if host_running(host):
+            power_cut(host)
+        elif host.cgroup:
+            remove_cgroup(host.cgroup)
 
 
 def destroy(plan: Plan) -> list[str]:
@@ -428,8 +598,9 @@ def leftovers(plan: Plan) -> list[str]:
     found += [f"bridge {b.name}" for b in plan.bridges if b.netns is None and link_exists(b.name)]
     found += [f"link {h.port}" for h in plan.hosts
               if _bridge_ns_or_none(plan, h.bridge) is None and link_exists(h.port)]
-    found += [f"nspawn {h.machine} (pid {h.pid})" for h in plan.hosts
-              if h.pid and _alive(h.pid) and _is_our_nspawn(h.pid, h.machine)]
+    found += [f"nspawn {h.machine} (pid {h.pid})" for h in plan.hosts if _nspawn_running(h)]
+    found += [f"cgroup {path}" for h in plan.hosts if h.cgroup
+              for path in host_cgroups(h.cgroup) if path.exists()]
     if Path(plan.state_dir).exists():
         found.append(f"directory {plan.state_dir}")
     with open("/proc/self/mountinfo") as fh:

@@ -155,7 +155,8 @@ def plan_from_inventory(inventory: dict, rootfs: str, state_dir: Path = STATE_DI
     )
     index = 0
     for d in domains:
-        plan.bridges.append(Bridge(d.bridge, ROUTER_NETNS, f"{d.gateway}/{d.physical.prefixlen}"))
+        plan.bridges.append(Bridge(d.bridge, ROUTER_NETNS, f"{d.gateway}/{d.physical.prefixlen}",
+                                   domain=d.name))
         shared = state_dir / "shared" / d.name
         for h in d.hosts:
             index += 1
