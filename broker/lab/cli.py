@@ -1,4 +1,5 @@
-"""``viocluster lab up | down | status``: the one-machine lab."""
+"""``viocluster lab up | down | status | demo`` and the faults (``crash``, ``start``,
+``partition``, ``cut``, ``heal``): the one-machine lab."""
 
 from __future__ import annotations
 
@@ -169,13 +170,74 @@ def _cmd_down(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    rows = status()
-    if not rows:
+    from broker.lab import faults
+
+    plan = labhosts.Plan.load(topology.STATE_DIR)
+    if plan is None:
         print("lab: down")
         return 1
-    for name, ip, alive in rows:
-        print(f"{name:12} {ip:15} {'running' if alive else 'STOPPED'}")
-    return 0 if all(alive for _, _, alive in rows) else 1
+    rows = faults.host_faults(plan)
+    for row in rows:
+        state = row.state if row.state != "stopped" else "STOPPED"
+        print(f"{row.name:12} {row.ip:15} {state}{'  (cut off)' if row.cut else ''}")
+    for a, b in plan.partitions:
+        print(f"partition    {a} | {b}")
+    # a host the lab crashed on purpose is as asked; one that stopped by itself is not
+    return 0 if all(row.state != "stopped" for row in rows) else 1
+
+
+def _lab_plan() -> labhosts.Plan:
+    _need_root()
+    plan = labhosts.Plan.load(topology.STATE_DIR)
+    if plan is None:
+        raise LabError("the lab is not up; `viocluster lab up` first")
+    return plan
+
+
+def _cmd_crash(args: argparse.Namespace) -> int:
+    from broker.lab import faults
+
+    started = time.monotonic()
+    host = faults.crash(_lab_plan(), args.host)
+    print(f"lab crash: {host.name} powered off at once ({time.monotonic() - started:.2f} s); "
+          f"its address {host.ip} stays, nothing answers")
+    return 0
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    from broker.lab import faults
+
+    started = time.monotonic()
+    host = faults.start(_lab_plan(), args.host)
+    print(f"lab start: {host.name} booted and answers SSH after {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def _cmd_partition(args: argparse.Namespace) -> int:
+    from broker.lab import faults
+
+    plan = _lab_plan()
+    faults.partition(plan, args.domain, args.other)
+    print(f"lab partition: the router drops traffic between domains {args.domain} and "
+          f"{args.other}; `viocluster lab heal` undoes it")
+    return 0
+
+
+def _cmd_cut(args: argparse.Namespace) -> int:
+    from broker.lab import faults
+
+    host = faults.cut(_lab_plan(), args.host)
+    print(f"lab cut: {host.name}'s port is down (the host runs on, unreachable); "
+          "`viocluster lab heal` undoes it")
+    return 0
+
+
+def _cmd_heal(args: argparse.Namespace) -> int:
+    from broker.lab import faults
+
+    healed = faults.heal(_lab_plan())
+    print(f"lab heal: {', '.join(healed)} undone" if healed else "lab heal: no partition or cut")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -198,7 +260,7 @@ def _positive(text: str) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    lab = subparsers.add_parser("lab", help="the one-machine lab: up, down, status")
+    lab = subparsers.add_parser("lab", help="the one-machine lab: up, down, status, demo, faults")
     sub = lab.add_subparsers(dest="lab_command", metavar="ACTION")
     sub.required = True
     p_up = sub.add_parser("up", help="boot the lab's hosts (nspawn, real SSH) from the inventory")
@@ -220,5 +282,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p_demo.set_defaults(func=_cmd_demo)
     p_down = sub.add_parser("down", help="power the lab off and remove all of it")
     p_down.set_defaults(func=_cmd_down)
-    p_status = sub.add_parser("status", help="list the lab's hosts")
+    p_status = sub.add_parser("status", help="list the lab's hosts, crashed ones and partitions")
     p_status.set_defaults(func=_cmd_status)
+    # faults (broker/lab/faults.py)
+    p_crash = sub.add_parser("crash", help="fault: kill every process of a host at once, "
+                                           "as a power cut")
+    p_crash.add_argument("host", help="lab host, e.g. b-node1")
+    p_crash.set_defaults(func=_cmd_crash)
+    p_start = sub.add_parser("start", help="boot a crashed host again, with its persistent state")
+    p_start.add_argument("host", help="lab host, e.g. b-node1")
+    p_start.set_defaults(func=_cmd_start)
+    p_part = sub.add_parser("partition", help="fault: the router drops traffic between two domains")
+    p_part.add_argument("domain", help="lab domain, e.g. a")
+    p_part.add_argument("other", help="another lab domain, e.g. b")
+    p_part.set_defaults(func=_cmd_partition)
+    p_cut = sub.add_parser("cut", help="fault: pull a host's cable (its bridge port goes down)")
+    p_cut.add_argument("host", help="lab host, e.g. b-node1")
+    p_cut.set_defaults(func=_cmd_cut)
+    p_heal = sub.add_parser("heal", help="undo every partition and cut")
+    p_heal.set_defaults(func=_cmd_heal)
