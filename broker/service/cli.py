@@ -45,7 +45,9 @@ def register(subparsers: Any) -> None:
     contracts = subparsers.add_parser("contracts", help="the broker's contracts and their log")
     contracts.add_argument("--config", required=True, type=Path)
     contracts.add_argument("--all", action="store_true", help="closed and failed ones too")
-    contracts.add_argument("--history", metavar="ID", help="every transition of one contract")
+    contracts.add_argument("--history", metavar="ID",
+                           help="every transition of one contract, open or closed (closed ones "
+                                "are kept contract_retention_days, then compacted)")
     contracts.add_argument("--json", action="store_true",
                            help="print JSON: the contracts (with --all, every one) and each one's transitions")
     contracts.set_defaults(func=_contracts)
@@ -186,7 +188,11 @@ def _contracts(args: argparse.Namespace) -> int:
         if args.history:
             history = store.history(args.history)
             if not history:
-                raise UserError(f"no contract {args.history}; `viocluster contracts --all` lists them")
+                raise UserError(
+                    f"no contract {args.history} in {config.db_path}: closed and failed contracts "
+                    f"are kept {config.contract_retention_days:g} days (contract_retention_days), "
+                    "proposals that were refused are only counted; `viocluster contracts --all` "
+                    "lists those kept")
             rows = [[_when(t.at), t.from_state.value if t.from_state else "-", t.to_state.value,
                      t.reason] for t in history]
             print(_table(rows, ["AT", "FROM", "TO", "REASON"]))
@@ -208,6 +214,13 @@ def _contracts(args: argparse.Namespace) -> int:
                                 "addresses": [a for _n, a in c.addresses],
                                 "updated_at": c.updated_at, "reason": c.reason}
                                for c in contracts]))
+        refusals = store.refusals()
+        if args.all and refusals:
+            print()
+            print("Proposals that ended without agreement (counted, not kept):")
+            print(_table([[r.peer, r.role.value, str(r.count), _when(r.first_at), _when(r.last_at),
+                           r.last_reason[:60]] for r in refusals],
+                         ["PEER", "ROLE", "COUNT", "FIRST", "LAST", "LAST REASON"]))
     finally:
         store.close()
     return 0

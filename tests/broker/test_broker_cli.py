@@ -97,3 +97,28 @@ def test_status_listener_serves_metrics_and_status(conf):
     metrics, status = asyncio.run(scenario())
     assert 'viocluster_contracts{role="borrower",state="agreed"} 1.0' in metrics
     assert status["domain"] == "a" and {c["id"] for c in status["contracts"]} == {"a-c0", "a-c1"}
+
+
+def test_history_answers_for_a_closed_contract_while_it_is_kept(conf, capsys):
+    store = Store(conf.parent / "state" / "contracts.db")
+    c = store.get("a-c1")
+    c, t = c.advance(ContractState.RECLAIMING, 3.0, "returning: idle")
+    store.save(c, t)
+    store.save(*c.advance(ContractState.CLOSED, 4.0, "returned to the lender"))
+    refused, t = Contract.propose("a-c9", Role.BORROWER, "a", "b", 1, Needs(), Terms(), 5.0)
+    store.create(refused, t)
+    store.drop_refused(refused, 5.5, "b did not offer: lending policy offers 0 now")
+    store.close()
+    capsys.readouterr()
+    assert main(["contracts", "--config", str(conf), "--history", "a-c1"]) == 0
+    out = capsys.readouterr().out
+    assert "returned to the lender" in out and "reclaiming" in out
+    assert main(["contracts", "--config", str(conf), "--all"]) == 0
+    out = capsys.readouterr().out
+    assert "a-c1" in out and "counted, not kept" in out and "lending policy offers 0 now" in out
+    # compacted after the retention period: the history says why it is gone
+    store = Store(conf.parent / "state" / "contracts.db")
+    assert store.compact(now=4.0 + 31 * 86400, retention_s=30 * 86400).contracts == 2
+    store.close()
+    assert main(["contracts", "--config", str(conf), "--history", "a-c1"]) == 2
+    assert "kept 30 days (contract_retention_days)" in capsys.readouterr().err

@@ -34,6 +34,15 @@ def test_a_minimal_config_loads_with_defaults(tmp_path, base):
     assert config.domain == "a" and config.site == "a" and config.interval_s == 10
     assert config.db_path == tmp_path / "state" / "contracts.db"
     assert not config.vm_probe.enabled
+    assert (config.node_down_grace_s, config.peer_lost_timeout_s, config.contract_retention_days) == (
+        30.0, 120.0, 30.0)
+
+
+def test_the_reconciliation_settings_are_read(tmp_path, base):
+    base.update(node_down_grace_s=5, peer_lost_timeout_s=40, contract_retention_days=0.5)
+    config = load_config(_write(tmp_path, base))
+    assert (config.node_down_grace_s, config.peer_lost_timeout_s, config.contract_retention_days) == (
+        5.0, 40.0, 0.5)
 
 
 @pytest.mark.parametrize(
@@ -65,6 +74,10 @@ def test_a_minimal_config_loads_with_defaults(tmp_path, base):
          "vm_addresses.pool[1]: 10.207.2.0/28 is outside 10.207.1.0/24"),
         (lambda c: c.update(vm_addresses={"pool": "10.207.1.0/28", "prefixlen": 32}),
          "vm_addresses.prefixlen: got 32; expected an integer from 1 to 30"),
+        (lambda c: c.update(node_down_grace_s=0), "node_down_grace_s: got 0; expected a number > 0"),
+        (lambda c: c.update(contract_retention_days="forever"), "contract_retention_days: got 'forever'"),
+        (lambda c: c.update(peer_lost_timeout_s=20),
+         "peer_lost_timeout_s: got 20; expected at least 3 x interval_s (30)"),
         (lambda c: c.update(vm_addresses={"pool": "ten"}),
          "vm_addresses.pool: got 'ten'; expected an IPv4 network"),
     ],
