@@ -356,10 +356,15 @@ def _make_cgroup(machine: str) -> str | None:
     if root is None:
         return None
     path = root / CGROUP_PARENT / machine
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LabHostError(f"cannot make the host's cgroup {path}: {exc}") from exc
+    for attempt in range(3):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            break
+        except FileNotFoundError:  # the parent removed by another lab's last host meanwhile
+            if attempt == 2:
+                raise LabHostError(f"cannot make the host's cgroup {path}") from None
+        except OSError as exc:
+            raise LabHostError(f"cannot make the host's cgroup {path}: {exc}") from exc
     return str(path)
 
 
