@@ -6,7 +6,7 @@
   state and whether the controller still hears its slurmd: ``idle*``, ``down*`` (the ``*``
   flag, ``NOT_RESPONDING`` in ``scontrol``) is a node the controller has not heard from
   since its last ping; it turns ``down`` after SlurmdTimeout. (``scontrol show node --json``
-  prints nothing in 22.05 without the REST plugins, so the text outputs are read.)
+  printed no JSON on the Debian Slurm 22.05 the tests run, so the text outputs are read.)
 * A borrowed VM joins by itself, as a dynamic node (``slurmd -Z --conf "... Feature=borrowed"``);
   :meth:`SlurmAdapter.admit` waits for it and makes sure it carries the feature.
 * :meth:`SlurmAdapter.remove` marks the node down (batch jobs on it are requeued at once), waits

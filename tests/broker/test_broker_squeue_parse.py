@@ -41,3 +41,21 @@ def test_state_as_a_list_of_flags_and_node_count_as_a_number_object() -> None:
 def test_output_that_is_not_json_is_a_scheduler_error() -> None:
     with pytest.raises(SchedulerError, match="printed no JSON"):
         parse_squeue_json("squeue: error: Invalid user")
+
+
+def test_node_states_say_whether_the_controller_hears_the_node():
+    from broker.scheduler.slurm import parse_scontrol_node, parse_sinfo
+
+    nodes = {n.name: n for n in parse_sinfo(
+        "a-v1-0|idle*|borrowed|1|200|N/A|none\n"
+        "a-v2-0|down*|borrowed|1|200|N/A|Not responding\n"
+        "a-v3-0|down|borrowed|1|200|N/A|viocluster-reclaim:x\n"
+        "n1|idle|(null)|1|500|400|none\n")}
+    assert (nodes["a-v1-0"].state, nodes["a-v1-0"].responding) == ("idle", False)
+    assert nodes["a-v1-0"].idle and nodes["a-v1-0"].down_or_not_responding
+    assert (nodes["a-v2-0"].state, nodes["a-v2-0"].responding) == ("down", False)
+    assert nodes["a-v3-0"].responding and nodes["a-v3-0"].down_or_not_responding
+    assert nodes["n1"].responding and not nodes["n1"].down_or_not_responding
+    node = parse_scontrol_node("NodeName=a-v1-0 Arch=x86_64 CPUTot=1 AvailableFeatures=borrowed "
+                               "State=IDLE+DYNAMIC_NORM+NOT_RESPONDING RealMemory=200", "a-v1-0")
+    assert node is not None and (node.state, node.responding) == ("idle", False)
