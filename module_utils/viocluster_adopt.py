@@ -225,10 +225,10 @@ def slurm_gaps(config: dict[str, str], partitions: list[dict[str, str]], nodes: 
     ctl = config.get("SlurmctldHost[0]", "")
     m = re.match(r"^([^(\s]+)(?:\(([^)]*)\))?", ctl)
     ctl_name, ctl_addr = (m.group(1), m.group(2) or "") if m else ("", "")
-    if ctl_name and ctl_name.split(".")[0] != want.controller_name.split(".")[0]:
+    if ctl_name and ctl_name != want.controller_name:
         gaps.append(Gap("SlurmctldHost", f"{ctl_name}, but the inventory names the head node "
-                        f"{want.controller_name}", f"name the head node {ctl_name} in the inventory "
-                        "(borrowed VMs reach the controller by the inventory name)", "site"))
+                        f"{want.controller_name}", f"name the head node {ctl_name} in the inventory, exactly "
+                        "(borrowed VMs know the controller only by the inventory name)", "site"))
     if ctl_addr:
         try:
             outside = ipaddress.ip_address(ctl_addr) not in subnet

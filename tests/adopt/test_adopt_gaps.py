@@ -209,3 +209,10 @@ def test_slurmd_timeout_must_outlast_the_borrowed_vms_fence_window():
     site2 = va.parse_slurm_conf("SlurmdTimeout=20\n", "/etc/slurm/slurm.conf")
     gap = by_what(va.slurm_gaps(short, partitions, nodes, site2, WANT))["SlurmdTimeout"]
     assert gap.how == "site" and "SlurmdTimeout=25" in gap.fix
+
+
+def test_the_controller_name_must_be_the_inventory_name_exactly():
+    config, partitions, nodes, site = load("site")
+    want = va.Want(controller_name="vm.example.net", virtual_subnet="10.210.5.0/24")
+    gap = by_what(va.slurm_gaps(config, partitions, nodes, site, want))["SlurmctldHost"]
+    assert gap.blocking and "name the head node vm in the inventory, exactly" in gap.fix
