@@ -176,7 +176,8 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.viocluster_adopt import (
     INCLUDE_NAME, MARK, AdoptError, Gap, SiteConf, Want, export_gap, include_lines, include_text,
-    parse_records, parse_show_config, parse_slurm_conf, parse_version, slurm_gaps, version_gap)
+    keep_lines, parse_records, parse_show_config, parse_slurm_conf, parse_version, slurm_gaps,
+    version_gap)
 
 
 def run(module: AnsibleModule, argv: list[str], what: str) -> str:
@@ -291,10 +292,8 @@ def main() -> None:
                         "site"))
 
     # Kept: the lines the include file holds already, unless the site now sets the key itself.
-    keep = [line for line in include_lines(current)
-            if site.get(line.split("=", 1)[0].strip()) is None
-            or line.split("=", 1)[0].strip().lower() in ("nodeset", "partitionname")]
     restart = p["restart_allowed"]
+    keep = keep_lines(include_lines(current), site, gaps, restart)
     content = include_text(gaps, restart, keep)
     written = [g for g in gaps if g.how == "reconfigure" or (g.how == "restart" and restart)]
     line = f"Include {INCLUDE_NAME}  {MARK}"

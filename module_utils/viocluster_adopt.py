@@ -259,7 +259,8 @@ def slurm_gaps(config: dict[str, str], partitions: list[dict[str, str]], nodes: 
     max_nodes = _num(config.get("MaxNodeCount", ""), count)
     wanted = count + want.max_borrowed
     if max_nodes < wanted:
-        have = f"{max_nodes} with {count} nodes: room for {max(0, max_nodes - count)} borrowed"
+        have = (f"{max_nodes} for {count} nodes: room for {max(0, max_nodes - count)} borrowed, "
+                f"not {want.max_borrowed}")
         line = site.get("MaxNodeCount")
         if line is None:
             gaps.append(Gap("MaxNodeCount", have, "", "restart", f"MaxNodeCount={wanted}"))
@@ -408,6 +409,22 @@ def include_lines(text: str) -> list[str]:
 
 
 RESTART_KEYS = ("maxnodecount", "slurmctldparameters")
+
+
+def keep_lines(current: list[str], site: SiteConf, gaps: list[Gap], restart_allowed: bool) -> list[str]:
+    """The lines of the include file that stay: not those the site now sets itself, and not a
+    restart-only line that is not in effect when no restart is allowed (slurm.conf must never
+    hold a MaxNodeCount that a reconfigure would meet: slurmctld exits then)."""
+    pending = {g.what.lower() for g in gaps if g.how == "restart"}
+    out = []
+    for line in current:
+        key = line.split("=", 1)[0].strip()
+        if key.lower() not in ("nodeset", "partitionname") and site.get(key) is not None:
+            continue
+        if key.lower() in RESTART_KEYS and key.lower() in pending and not restart_allowed:
+            continue
+        out.append(line)
+    return out
 
 
 def needs_restart(lines: list[str]) -> bool:

@@ -216,3 +216,19 @@ def test_the_controller_name_must_be_the_inventory_name_exactly():
     want = va.Want(controller_name="vm.example.net", virtual_subnet="10.210.5.0/24")
     gap = by_what(va.slurm_gaps(config, partitions, nodes, site, want))["SlurmctldHost"]
     assert gap.blocking and "name the head node vm in the inventory, exactly" in gap.fix
+
+
+def test_a_restart_only_line_never_waits_in_the_include_file_for_a_reconfigure():
+    # slurm.conf lost its Include line (the site regenerated it): the running slurmctld has no
+    # room for dynamic nodes again. Without a restart allowed, MaxNodeCount must not come back
+    # through a reconfigure (slurmctld 22.05 exits on it); the partition may.
+    config, partitions, nodes, site = load("site")
+    gaps = va.slurm_gaps(config, partitions, nodes, site, WANT)
+    current = va.include_lines(va.include_text(gaps, restart_allowed=True))
+    kept = va.keep_lines(current, site, gaps, restart_allowed=False)
+    assert not va.needs_restart(kept) and any(line.startswith("PartitionName=borrowed") for line in kept)
+    assert va.keep_lines(current, site, gaps, restart_allowed=True) == current
+    # a key the site now sets itself leaves the include file
+    site2 = va.parse_slurm_conf("TreeWidth=100\n", "x")
+    assert va.keep_lines(["TreeWidth=65533", "NodeSet=x Feature=borrowed"], site2, [], False) == \
+        ["NodeSet=x Feature=borrowed"]
