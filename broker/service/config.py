@@ -101,7 +101,7 @@ class BrokerConfig:
     # or not responding, or a lent VM missing, before the contract is ended; how long a lender
     # waits without a word from a borrower before it takes its hosts back; how long closed
     # contracts are kept.
-    node_down_grace_s: float = 30.0
+    node_down_grace_s: float = 20.0
     peer_lost_timeout_s: float = 120.0
     contract_retention_days: float = 30.0
 
@@ -323,7 +323,7 @@ def parse_config(raw: Any, source: str, base: Path) -> BrokerConfig:
         vm_probe=found["vms"],
         switch_probe=found["switch"],
         vm_pool=vm_pool,
-        node_down_grace_s=r.number(top.get("node_down_grace_s", 30), "node_down_grace_s"),
+        node_down_grace_s=r.number(top.get("node_down_grace_s", 20), "node_down_grace_s"),
         peer_lost_timeout_s=peer_lost,
         contract_retention_days=r.number(top.get("contract_retention_days", 30),
                                          "contract_retention_days"),

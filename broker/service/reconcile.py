@@ -50,7 +50,7 @@ BOTH_HOLD = (S.AGREED, S.PROVISIONING, S.ACTIVE)
 class Limits:
     """How long a fault may last before the broker acts on it (seconds)."""
 
-    node_down_grace_s: float = 30.0
+    node_down_grace_s: float = 20.0
     peer_lost_timeout_s: float = 120.0
     offer_ttl_s: float = 60.0
 

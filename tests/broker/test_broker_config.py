@@ -35,7 +35,7 @@ def test_a_minimal_config_loads_with_defaults(tmp_path, base):
     assert config.db_path == tmp_path / "state" / "contracts.db"
     assert not config.vm_probe.enabled
     assert (config.node_down_grace_s, config.peer_lost_timeout_s, config.contract_retention_days) == (
-        30.0, 120.0, 30.0)
+        20.0, 120.0, 30.0)
 
 
 def test_the_reconciliation_settings_are_read(tmp_path, base):
