@@ -79,7 +79,8 @@ options:
     type: str
     default: ""
   nfs_server:
-    description: NFS server of the shared directory (a name or address this host reaches); empty skips.
+    description:
+      - NFS server of the shared directory (a name or address this host reaches); empty skips.
     type: str
     default: ""
   nfs_path:
@@ -87,7 +88,8 @@ options:
     type: str
     default: /home
   nfs_vm_address:
-    description: The address borrowed VMs mount the shared directory from; it must be in O(virtual_subnet).
+    description:
+      - The address borrowed VMs mount the shared directory from, in O(virtual_subnet).
     type: str
     default: ""
 attributes:
@@ -150,7 +152,7 @@ gap_lines:
   elements: str
   returned: always
 left:
-  description: Blocking gaps site.yml does not close (the site's own settings, a restart not allowed).
+  description: Blocking gaps site.yml does not close (the site's settings, a restart not allowed).
   type: list
   elements: str
   returned: always
@@ -187,7 +189,8 @@ def run(module: AnsibleModule, argv: list[str], what: str) -> str:
         module.fail_json(msg=f"{what}: {exc}")
     if rc != 0:
         module.fail_json(msg=f"{what} failed (`{' '.join(argv)}`, exit {rc}): "
-                             f"{(err or out).strip()[-300:]}; is this the cluster's controller and slurmctld running?")
+                             f"{(err or out).strip()[-300:]}; is this the cluster's controller "
+                             "and slurmctld running?")
     return out
 
 
@@ -248,16 +251,18 @@ def main() -> None:
                 partition_tier=p["partition_tier"], max_borrowed=p["max_borrowed"],
                 cred_expire=p["cred_expire"], fence_s=p["fence_s"])
     try:
-        config = parse_show_config(run(module, ["scontrol", "show", "config"], "reading the configuration"))
-        partitions = parse_records(run(module, ["scontrol", "show", "partition", "-o"], "reading the partitions"))
+        config = parse_show_config(run(module, ["scontrol", "show", "config"],
+                                       "reading the configuration"))
+        partitions = parse_records(run(module, ["scontrol", "show", "partition", "-o"],
+                                       "reading the partitions"))
         nodes = parse_records(run(module, ["scontrol", "show", "node", "-o"], "reading the nodes"))
         ctld = module.get_bin_path("slurmctld")
         version = parse_version(run(module, [ctld, "-V"], "reading slurmctld's version") if ctld
                                 else config.get("SLURM_VERSION", ""))
         path = p["slurm_conf"] or config.get("SLURM_CONF", "")
         if not path or not os.path.isfile(path):
-            module.fail_json(msg=f"the site's slurm.conf ({path or 'SLURM_CONF unset'}) is not a file here: "
-                                 "set viocluster_adopt_slurm_conf to its path")
+            module.fail_json(msg=f"the site's slurm.conf ({path or 'SLURM_CONF unset'}) is not a "
+                                 "file here: set viocluster_adopt_slurm_conf to its path")
         site, site_text = read_site(path)
         include_path = os.path.join(os.path.dirname(path), INCLUDE_NAME)
         current = ""
@@ -278,18 +283,21 @@ def main() -> None:
     if p["munge_key"]:
         gaps.extend(munge_gaps(module, p["munge_key"]))
     if p["nfs_server"]:
-        rc, out, err = module.run_command(["showmount", "-e", "--no-headers", p["nfs_server"]]) \
-            if module.get_bin_path("showmount") else (127, "", "showmount is not installed (nfs-common)")
+        if module.get_bin_path("showmount"):
+            rc, out, err = module.run_command(["showmount", "-e", "--no-headers", p["nfs_server"]])
+        else:
+            rc, out, err = 127, "", "showmount is not installed (nfs-common)"
         gap = export_gap(p["nfs_server"], p["nfs_path"], out, p["virtual_subnet"],
                          "" if rc == 0 else (err or out or f"exit {rc}"))
         if gap:
             gaps.append(gap)
     if p["nfs_vm_address"] and not address_in(p["nfs_vm_address"], p["virtual_subnet"]):
-        gaps.append(Gap("shared filesystem", f"borrowed VMs would mount it from {p['nfs_vm_address']}, "
-                        f"outside the virtual subnet {p['virtual_subnet']} they are on",
-                        "serve it from a host of the domain (a head or compute node of the inventory, "
-                        "which gets a virtual address) and name that host in viocluster_adopt_shared_fs",
-                        "site"))
+        gaps.append(Gap("shared filesystem",
+                        f"borrowed VMs would mount it from {p['nfs_vm_address']}, outside the "
+                        f"virtual subnet {p['virtual_subnet']} they are on",
+                        "serve it from a host of the domain (a head or compute node of the "
+                        "inventory, which gets a virtual address) and name that host in "
+                        "viocluster_adopt_shared_fs", "site"))
 
     # Kept: the lines the include file holds already, unless the site now sets the key itself.
     restart = p["restart_allowed"]
@@ -324,14 +332,16 @@ def address_in(address: str, subnet: str) -> bool:
 
 def munge_gaps(module: AnsibleModule, key: str) -> list[Gap]:
     if not os.path.isfile(key):
-        return [Gap("munge key", f"no file {key} on the controller", "set viocluster_adopt_munge_key "
-                    "to the site's munge key (borrowed VMs authenticate with it)", "site")]
+        return [Gap("munge key", f"no file {key} on the controller",
+                    "set viocluster_adopt_munge_key to the site's munge key (borrowed VMs "
+                    "authenticate with it)", "site")]
     if module.get_bin_path("munge") is None or module.get_bin_path("unmunge") is None:
         return [Gap("munged", "munge/unmunge are not installed on the controller",
                     "install munge on the controller", "site")]
     rc, out, err = module.run_command("munge -n | unmunge", use_unsafe_shell=True)
     if rc != 0:
-        return [Gap("munged", f"a credential does not decode on the controller ({(err or out).strip()[:120]})",
+        why = (err or out).strip()[:120]
+        return [Gap("munged", f"a credential does not decode on the controller ({why})",
                     "start munged with the site's key on the controller", "site")]
     return []
 

@@ -1,6 +1,8 @@
 # -*- coding: utf-8 -*-
 # Apache-2.0
-"""What an existing Slurm cluster lacks for borrowing (imported as ansible.module_utils.viocluster_adopt).
+"""What an existing Slurm cluster lacks for borrowing.
+
+Imported as ansible.module_utils.viocluster_adopt.
 
 Plain functions, no I/O: the slurm_adopt_check module feeds them what ``scontrol show config``,
 ``scontrol show partition -o``, ``scontrol show node -o``, the site's slurm.conf (and the files
@@ -38,7 +40,7 @@ DEFAULT_CRED_EXPIRE = 120
 
 
 class AdoptError(Exception):
-    """Input that cannot be read (not Slurm's output, a bad setting); the message says what to do."""
+    """Input that cannot be read (not Slurm's output, a bad setting); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,8 @@ class Gap:
                    "(viocluster_adopt_restart is true)")
         elif self.how == "restart":
             act = (f"needs a restart of slurmctld: set viocluster_adopt_restart: true to let "
-                   f"site.yml add `{lines}` and restart it, or add it and restart slurmctld yourself")
+                   f"site.yml add `{lines}` and restart it, or add it and restart slurmctld "
+                   "yourself")
         else:
             act = self.fix
         kind = "gap" if self.blocking else "note"
@@ -74,7 +77,7 @@ class Gap:
 class Want:
     """What borrowing needs, from the role's variables."""
 
-    controller_name: str  # the head node's inventory name: borrowed VMs resolve the controller by it
+    controller_name: str  # the head node's inventory name: the VMs know the controller by it
     virtual_subnet: str  # where borrowed VMs are (10.210.1.0/24)
     partition: str = "borrowed"
     feature: str = "borrowed"
@@ -117,7 +120,7 @@ class SiteConf:
 
 # ------------------------------------------------------------------------------------ parsing
 def parse_show_config(text: str) -> dict[str, str]:
-    """``scontrol show config``: ``Key = value`` lines (the header and plugin sections kept flat)."""
+    """``scontrol show config``: ``Key = value`` lines (plugin sections kept flat)."""
     out: dict[str, str] = {}
     for raw in text.splitlines():
         m = re.match(r"^(\S+)\s+=\s?(.*)$", raw)
@@ -167,7 +170,7 @@ def parse_slurm_conf(text: str, file: str, conf: SiteConf | None = None) -> Site
 
 
 def parse_version(text: str) -> str:
-    """``slurm 22.05.8`` / ``slurm-wlm 22.05.8`` / a Debian version ``22.05.8-4+deb12u3`` -> 22.05.8."""
+    """``slurm 22.05.8``, ``slurm-wlm 22.05.8`` or ``22.05.8-4+deb12u3`` -> 22.05.8."""
     m = re.search(r"(\d{2})\.(\d{2})(?:\.(\d+))?", text or "")
     if not m:
         raise AdoptError(f"no Slurm version in {text.strip()[:80]!r}")
@@ -201,8 +204,8 @@ def _num(value: str, default: int = 0) -> int:
     return int(m.group(1)) if m else default
 
 
-def slurm_gaps(config: dict[str, str], partitions: list[dict[str, str]], nodes: list[dict[str, str]],
-               site: SiteConf, want: Want) -> list[Gap]:
+def slurm_gaps(config: dict[str, str], partitions: list[dict[str, str]],
+               nodes: list[dict[str, str]], site: SiteConf, want: Want) -> list[Gap]:
     """Every gap of the running configuration for borrowing, in slurm.conf's order of concerns."""
     gaps: list[Gap] = []
     try:
@@ -212,13 +215,15 @@ def slurm_gaps(config: dict[str, str], partitions: list[dict[str, str]], nodes: 
 
     auth = config.get("AuthType", "")
     if auth != "auth/munge":
-        gaps.append(Gap("AuthType", f"{auth or 'unset'}", _site_fix(site.get("AuthType"), "AuthType",
-                        "auth/munge", True) + " (borrowed VMs authenticate with the domain's munge key)",
-                        "site"))
+        fix = _site_fix(site.get("AuthType"), "AuthType", "auth/munge", True)
+        gaps.append(Gap("AuthType", f"{auth or 'unset'}",
+                        fix + " (borrowed VMs authenticate with the domain's munge key)", "site"))
     select = config.get("SelectType", "")
     if select != "select/cons_tres":
-        gaps.append(Gap("SelectType", f"{select or 'unset'} (dynamic nodes need select/cons_tres in 22.05)",
-                        _site_fix(site.get("SelectType"), "SelectType", "select/cons_tres", True), "site"))
+        gaps.append(Gap("SelectType",
+                        f"{select or 'unset'} (dynamic nodes need select/cons_tres in 22.05)",
+                        _site_fix(site.get("SelectType"), "SelectType", "select/cons_tres", True),
+                        "site"))
 
     # The controller: borrowed VMs find it by the name site.yml gives them (the head node's
     # inventory name), at its address on the virtual network.
@@ -227,27 +232,30 @@ def slurm_gaps(config: dict[str, str], partitions: list[dict[str, str]], nodes: 
     ctl_name, ctl_addr = (m.group(1), m.group(2) or "") if m else ("", "")
     if ctl_name and ctl_name != want.controller_name:
         gaps.append(Gap("SlurmctldHost", f"{ctl_name}, but the inventory names the head node "
-                        f"{want.controller_name}", f"name the head node {ctl_name} in the inventory, exactly "
-                        "(borrowed VMs know the controller only by the inventory name)", "site"))
+                        f"{want.controller_name}",
+                        f"name the head node {ctl_name} in the inventory, exactly (borrowed VMs "
+                        "know the controller only by the inventory name)", "site"))
     if ctl_addr:
         try:
             outside = ipaddress.ip_address(ctl_addr) not in subnet
         except ValueError:
             outside = False  # a name: each host resolves it (the VMs from their /etc/hosts)
         if outside:
-            gaps.append(Gap("SlurmctldHost", f"{ctl} gives the address {ctl_addr}, which borrowed VMs "
+            gaps.append(Gap("SlurmctldHost",
+                            f"{ctl} gives the address {ctl_addr}, which borrowed VMs "
                             f"(on {subnet}) cannot reach",
                             _site_fix(site.get("SlurmctldHost"), "SlurmctldHost", ctl_name, True)
-                            + " (each host then resolves the name: the site's nodes as now, the VMs "
-                            "to the virtual address)", "site"))
+                            + " (each host then resolves the name: the site's nodes as now, "
+                            "the VMs to the virtual address)", "site"))
 
     params = [p.strip() for p in config.get("SlurmctldParameters", "").split(",")
               if p.strip() and p.strip() != "(null)"]
     if "enable_configless" not in params:
         site_line = site.get("SlurmctldParameters")
         if site_line is None:
-            gaps.append(Gap("SlurmctldParameters", "no enable_configless (borrowed VMs fetch slurm.conf "
-                            "from slurmctld)", "", "restart", "SlurmctldParameters=enable_configless"))
+            gaps.append(Gap("SlurmctldParameters", "no enable_configless (borrowed VMs fetch "
+                            "slurm.conf from slurmctld)", "", "restart",
+                            "SlurmctldParameters=enable_configless"))
         else:
             gaps.append(Gap("SlurmctldParameters", f"{site_line.value} has no enable_configless "
                             "(borrowed VMs fetch slurm.conf from slurmctld)",
@@ -265,23 +273,24 @@ def slurm_gaps(config: dict[str, str], partitions: list[dict[str, str]], nodes: 
         if line is None:
             gaps.append(Gap("MaxNodeCount", have, "", "restart", f"MaxNodeCount={wanted}"))
         else:
-            gaps.append(Gap("MaxNodeCount", have, _site_fix(line, "MaxNodeCount", str(wanted), True),
-                            "site"))
+            gaps.append(Gap("MaxNodeCount", have,
+                            _site_fix(line, "MaxNodeCount", str(wanted), True), "site"))
 
     tree = _num(config.get("TreeWidth", ""), 50)
     if tree < wanted:
         line = site.get("TreeWidth")
-        have = (f"{tree}, fewer than the {wanted} nodes the cluster may hold (dynamic nodes are not in "
-                "the other nodes' tree)")
+        have = (f"{tree}, fewer than the {wanted} nodes the cluster may hold (dynamic nodes "
+                "are not in the other nodes' tree)")
         if line is None:
             gaps.append(Gap("TreeWidth", have, "", "reconfigure", "TreeWidth=65533"))
         else:
-            gaps.append(Gap("TreeWidth", have, _site_fix(line, "TreeWidth", "65533", False), "site"))
+            gaps.append(Gap("TreeWidth", have, _site_fix(line, "TreeWidth", "65533", False),
+                            "site"))
 
     if config.get("JobRequeue", "1").strip() != "1":
-        gaps.append(Gap("JobRequeue", f"{config.get('JobRequeue')} (jobs on a reclaimed VM would be "
-                        "lost, not requeued)", _site_fix(site.get("JobRequeue"), "JobRequeue", "1", False),
-                        "site"))
+        gaps.append(Gap("JobRequeue", f"{config.get('JobRequeue')} (jobs on a reclaimed VM would "
+                        "be lost, not requeued)",
+                        _site_fix(site.get("JobRequeue"), "JobRequeue", "1", False), "site"))
 
     auth_info = config.get("AuthInfo", "")
     auth_info = "" if auth_info == "(null)" else auth_info
@@ -291,11 +300,12 @@ def slurm_gaps(config: dict[str, str], partitions: list[dict[str, str]], nodes: 
         have = f"cred_expire is {expire} s: a job requeued off a reclaimed VM waits that long"
         line = site.get("AuthInfo")
         if line is None:
-            gaps.append(Gap("AuthInfo", have, "", "reconfigure", f"AuthInfo=cred_expire={want.cred_expire}",
-                            blocking=False))
+            gaps.append(Gap("AuthInfo", have, "", "reconfigure",
+                            f"AuthInfo=cred_expire={want.cred_expire}", blocking=False))
         else:
             gaps.append(Gap("AuthInfo", have, f"add cred_expire={want.cred_expire} to AuthInfo "
-                            f"({line.where}), then run scontrol reconfigure", "site", blocking=False))
+                            f"({line.where}), then run scontrol reconfigure", "site",
+                            blocking=False))
 
     # A borrowed VM cut off from its controller fences itself after fence_s (its watchdog); the
     # scheduler must not requeue its jobs before it is gone: W + 5 <= SlurmdTimeout - max(T/3, M).
@@ -303,23 +313,27 @@ def slurm_gaps(config: dict[str, str], partitions: list[dict[str, str]], nodes: 
     message = _num(config.get("MessageTimeout", ""), 10)
     if want.fence_s + 5 > timeout - max(timeout // 3, message):
         least = next(t for t in range(1, 100000) if want.fence_s + 5 <= t - max(t // 3, message))
-        have = (f"SlurmdTimeout {timeout} s with MessageTimeout {message} s: the jobs of a borrowed VM cut "
-                f"off from slurmctld may be requeued before it fences itself ({want.fence_s} s + 5 s)")
+        have = (f"SlurmdTimeout {timeout} s with MessageTimeout {message} s: the jobs of a "
+                "borrowed VM cut off from slurmctld may be requeued before it fences itself "
+                f"({want.fence_s} s + 5 s)")
         line = site.get("SlurmdTimeout")
         if line is None:
             gaps.append(Gap("SlurmdTimeout", have, "", "reconfigure", f"SlurmdTimeout={least}"))
         else:
-            gaps.append(Gap("SlurmdTimeout", have, _site_fix(line, "SlurmdTimeout", str(least), False), "site"))
+            gaps.append(Gap("SlurmdTimeout", have,
+                            _site_fix(line, "SlurmdTimeout", str(least), False), "site"))
 
     if _num(config.get("ReturnToService", "0")) == 2:
-        gaps.append(Gap("ReturnToService", "2: a reclaimed node whose slurmd still answers comes back "
-                        "before it is deleted", _site_fix(site.get("ReturnToService"), "ReturnToService",
-                                                          "1", False), "site", blocking=False))
+        gaps.append(Gap("ReturnToService", "2: a reclaimed node whose slurmd still answers "
+                        "comes back before it is deleted",
+                        _site_fix(site.get("ReturnToService"), "ReturnToService", "1", False),
+                        "site", blocking=False))
 
     task = config.get("TaskPlugin", "")
     if "task/cgroup" in task:
-        gaps.append(Gap("TaskPlugin", f"{task}: borrowed VMs (UML guests) have cgroup v1 freezer and "
-                        "memory controllers, no cpuset; task/cgroup was not tried there",
+        gaps.append(Gap("TaskPlugin", f"{task}: borrowed VMs (UML guests) have cgroup v1 "
+                        "freezer and memory controllers, no cpuset; task/cgroup was not tried "
+                        "there",
                         "if jobs fail on borrowed nodes, use task/affinity or task/none", "info",
                         blocking=False))
 
@@ -335,38 +349,41 @@ def partition_gaps(partitions: list[dict[str, str]], site: SiteConf, want: Want)
         m = re.search(r"\bFeature=(\S+)", line.value, re.IGNORECASE)
         nodeset_feature[line.value.split()[0]] = m.group(1) if m else ""
     if ours is None:
-        gaps.append(Gap(f"partition {want.partition}", "none (borrowed VMs join as dynamic nodes with "
-                        f"the feature {want.feature} and need a partition of their own)", "",
-                        "reconfigure", include_partition_lines(want)))
+        gaps.append(Gap(f"partition {want.partition}", "none (borrowed VMs join as dynamic "
+                        f"nodes with the feature {want.feature} and need a partition of their own)",
+                        "", "reconfigure", include_partition_lines(want)))
     else:
         sets = [s for s in ours.get("NodeSets", "").split(",") if s and s != "(null)"]
         good = want.nodeset in sets or any(nodeset_feature.get(s) == want.feature for s in sets)
         if not good:
             gaps.append(Gap(f"partition {want.partition}", f"the site's partition {want.partition} "
                             f"is not made of the nodes with the feature {want.feature} "
-                            f"(Nodes={ours.get('Nodes', '')})", "give VioCluster's partition another "
-                            "name (viocluster_adopt_partition) or make this one "
-                            f"Nodes=<a NodeSet with Feature={want.feature}>", "site"))
+                            f"(Nodes={ours.get('Nodes', '')})",
+                            "give VioCluster's partition another name (viocluster_adopt_partition) "
+                            f"or make this one Nodes=<a NodeSet with Feature={want.feature}>",
+                            "site"))
     for part in partitions:
         name = part.get("PartitionName", "")
         if name != want.partition and part.get("Nodes", "") == "ALL":
-            gaps.append(Gap(f"partition {name}", "Nodes=ALL takes borrowed VMs too, so its jobs may "
-                            "mix borrowed and physical nodes", f"list partition {name}'s nodes instead "
-                            "of ALL", "site", blocking=False))
+            gaps.append(Gap(f"partition {name}", "Nodes=ALL takes borrowed VMs too, so its "
+                            "jobs may mix borrowed and physical nodes",
+                            f"list partition {name}'s nodes instead of ALL", "site",
+                            blocking=False))
     return gaps
 
 
 def include_partition_lines(want: Want) -> str:
     return (f"NodeSet={want.nodeset} Feature={want.feature}\n"
-            f"PartitionName={want.partition} Nodes={want.nodeset} PriorityTier={want.partition_tier} "
-            "MaxTime=INFINITE State=UP")
+            f"PartitionName={want.partition} Nodes={want.nodeset} "
+            f"PriorityTier={want.partition_tier} MaxTime=INFINITE State=UP")
 
 
 def version_gap(site_version: str, image_version: str, image_source: str) -> Gap | None:
-    """The borrowed VMs' slurmd against the site's slurmctld: at most two releases older, never newer."""
+    """The VMs' slurmd against the site's slurmctld: at most two releases older, never newer."""
     if not image_version:
         return Gap("Slurm version", f"slurmctld {site_version}; the node image's slurmd is unknown",
-                   "build the node image (cow_base_image) and run the check again", "info", blocking=False)
+                   "build the node image (cow_base_image) and run the check again", "info",
+                   blocking=False)
     if site_version == image_version:
         return None
     site_rel, image_rel = release(site_version), release(image_version)
@@ -383,8 +400,8 @@ def version_gap(site_version: str, image_version: str, image_source: str) -> Gap
         return Gap("Slurm version", have + ": a slurmd newer than slurmctld cannot register", what
                    + ", or upgrade slurmctld", "site")
     if apart > 2:
-        return Gap("Slurm version", have + f": slurmd is {apart} releases older (at most 2 work)", what,
-                   "site")
+        return Gap("Slurm version", have + f": slurmd is {apart} releases older (at most 2 work)",
+                   what, "site")
     return Gap("Slurm version", have + f": slurmd {apart} release(s) older, which Slurm supports",
                what + " to match", "info", blocking=False)
 
@@ -405,13 +422,15 @@ def include_text(gaps: list[Gap], restart_allowed: bool, keep: list[str] | None 
 
 def include_lines(text: str) -> list[str]:
     """The setting lines of an include file VioCluster wrote."""
-    return [line for line in (raw.strip() for raw in text.splitlines()) if line and not line.startswith("#")]
+    lines = (raw.strip() for raw in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 RESTART_KEYS = ("maxnodecount", "slurmctldparameters")
 
 
-def keep_lines(current: list[str], site: SiteConf, gaps: list[Gap], restart_allowed: bool) -> list[str]:
+def keep_lines(current: list[str], site: SiteConf, gaps: list[Gap],
+               restart_allowed: bool) -> list[str]:
     """The lines of the include file that stay: not those the site now sets itself, and not a
     restart-only line that is not in effect when no restart is allowed (slurm.conf must never
     hold a MaxNodeCount that a reconfigure would meet: slurmctld exits then)."""
@@ -432,12 +451,14 @@ def needs_restart(lines: list[str]) -> bool:
 
 
 # ------------------------------------------------------------------------------- shared files
-def export_gap(server: str, path: str, exports_text: str, subnet: str, error: str = "") -> Gap | None:
-    """``showmount -e SERVER``: is PATH exported to a set of clients that covers the virtual subnet?"""
+def export_gap(server: str, path: str, exports_text: str, subnet: str,
+               error: str = "") -> Gap | None:
+    """``showmount -e SERVER``: is PATH exported to clients that cover the virtual subnet?"""
     if error:
-        return Gap("shared filesystem", f"cannot ask {server} for its exports ({error.strip()[:160]})",
-                   f"make {server}'s NFS server answer showmount from the head node, and allow {subnet} "
-                   f"to mount {path}", "site")
+        return Gap("shared filesystem",
+                   f"cannot ask {server} for its exports ({error.strip()[:160]})",
+                   f"make {server}'s NFS server answer showmount from the head node, and allow "
+                   f"{subnet} to mount {path}", "site")
     net = ipaddress.ip_network(subnet, strict=False)
     for raw in exports_text.splitlines():
         parts = raw.split()
@@ -448,10 +469,12 @@ def export_gap(server: str, path: str, exports_text: str, subnet: str, error: st
         clients = [c for part in parts[1:] for c in part.split(",") if c]
         if _clients_cover(clients, net):
             return None
-        return Gap("shared filesystem", f"{server} exports {path} to {','.join(clients) or 'nobody'}, "
+        return Gap("shared filesystem",
+                   f"{server} exports {path} to {','.join(clients) or 'nobody'}, "
                    f"not to the virtual subnet {subnet} the borrowed VMs mount it from",
-                   f"allow {subnet} in {server}'s export of {path} (nfs-ganesha: its CLIENT block's "
-                   "Clients; the kernel server: /etc/exports), then reload the server", "site")
+                   f"allow {subnet} in {server}'s export of {path} (nfs-ganesha: its CLIENT "
+                   "block's Clients; the kernel server: /etc/exports), then reload the server",
+                   "site")
     return Gap("shared filesystem", f"{server} does not export {path}",
                f"export {path} on {server} to {subnet}, or set viocluster_adopt_shared_fs to the "
                "SERVER:PATH that holds the users' homes", "site")
