@@ -6,7 +6,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 OUT ?= out
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-down simulate test lint bench-sim bench-switch bench-vm bench-trade bench-converge lab-up lab-down clean help
+.PHONY: setup demo demo-down simulate test lint bench-sim bench-switch bench-vm bench-trade bench-converge bench-faults lab-up lab-down clean help
 
 help:
 	@echo "make demo   set up, then run the main job: two lab domains trade a machine"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench-vm      COW VM boot and kill times"
 	@echo "make bench-trade   the live trade between the lab domains, 3 rounds"
 	@echo "make bench-converge  site.yml on the lab: first and no-change converge"
+	@echo "make bench-faults  fault drills on the lab: time to recover from each fault"
 	@echo "make lab-up / lab-down  the one-machine lab"
 
 setup:
@@ -51,6 +52,9 @@ bench-trade: setup
 
 bench-converge: setup
 	python bench/bench_converge.py
+
+bench-faults: setup
+	python bench/bench_faults.py
 
 lab-up: setup
 	viocluster lab up
