@@ -89,7 +89,8 @@ class SlurmCluster:
     def run(self, *args: str, check: bool = True, timeout: float = 30) -> str:
         env = dict(os.environ, **self.env)
         proc = subprocess.run(
-            [*self.prefix, *args], env=env, capture_output=True, text=True, timeout=timeout
+            [*self.prefix, *args], env=env, capture_output=True, text=True, timeout=timeout,
+            cwd=self.dir,  # what a job or slurmstepd writes by default lands here, not in the checkout
         )
         if check and proc.returncode != 0:
             raise ClusterError(f"{' '.join(args)}: {proc.stderr.strip() or proc.stdout.strip()}")
@@ -100,7 +101,7 @@ class SlurmCluster:
         log = open(self.dir / "log" / f"{key}.stdout", "ab")
         proc = subprocess.Popen(
             [*self.prefix, *args], env=env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.dir,
         )
         log.close()
         self.pids[key] = proc.pid
