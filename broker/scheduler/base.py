@@ -41,6 +41,12 @@ class Node:
         return not self.responding or self.state.startswith(("down", "fail"))
 
     @property
+    def declared_dead(self) -> bool:
+        """The scheduler itself gave up on it: down after losing contact with its node daemon
+        (Slurm's ``down*``). Its jobs were requeued when it did."""
+        return not self.responding and self.state.startswith("down")
+
+    @property
     def busy(self) -> bool:
         return self.state.startswith(("alloc", "mix", "comp"))
 

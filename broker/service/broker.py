@@ -787,6 +787,7 @@ class Broker:
             vms=vms,
             switch_peers=switch,
             unhealthy_since=dict(self.unhealthy_since),
+            dead_nodes=frozenset(n.name for n in snap.borrowed if n.declared_dead),
             vm_missing_since=dict(self.vm_missing_since),
             peer_heard={p: self.peer_heard.get(p, self.started_at) for p in self.config.peers},
         )

@@ -17,7 +17,8 @@ carries them out. Rules:
   it now; drop it (a refused attempt, counted per peer);
 * ``reclaiming``: finish the reclaim (nodes out, VMs killed, peer told);
 * ``active`` on the borrower but a node is gone from the scheduler: the VM died; end it;
-* ``active`` on the borrower and a node down or not responding for ``node_down_grace_s``:
+* ``active`` on the borrower and a node down or not responding for ``node_down_grace_s``, or
+  declared dead by the scheduler (down and not responding: its jobs were requeued), at once:
   the VM (or its lender's host) is dead or cut off; end it (node down, deleted; lender told);
 * ``active`` on the lender and one of its VMs gone (VM probe) for ``node_down_grace_s``: end
   it and tell the borrower;
@@ -73,6 +74,7 @@ class Observed:
     vms: frozenset[str] | None = None
     switch_peers: frozenset[str] | None = None  # runtime peers, by lending host name
     unhealthy_since: Mapping[str, float] = field(default_factory=dict)
+    dead_nodes: frozenset[str] = frozenset()  # borrowed nodes the scheduler declared dead
     vm_missing_since: Mapping[str, float] = field(default_factory=dict)
     peer_heard: Mapping[str, float] = field(default_factory=dict)
 
@@ -164,9 +166,17 @@ def plan(
             missing = [n for n in c.node_names if n not in observed.borrowed_nodes]
             down = [n for n in c.node_names if n in observed.unhealthy_since
                     and now - observed.unhealthy_since[n] >= limits.node_down_grace_s]
+            dead = [n for n in c.node_names if n in observed.dead_nodes]
             if missing:
                 actions.append(Action("vanished", ",".join(missing), c.id,
                                       f"node(s) {', '.join(missing)} vanished from the scheduler"))
+            elif dead:
+                # The scheduler gave up on it already and requeued its jobs; the VM fenced
+                # itself before that (docs/broker.md, "Fencing"): no grace is left to wait.
+                actions.append(Action(
+                    "node_down", ",".join(dead), c.id,
+                    f"node(s) {', '.join(dead)} declared dead by the scheduler (down, not "
+                    "responding)"))
             elif down:
                 actions.append(Action(
                     "node_down", ",".join(down), c.id,

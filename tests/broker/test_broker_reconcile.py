@@ -94,6 +94,24 @@ def test_a_borrowed_node_down_past_the_grace_ends_the_contract():
     assert "down or not responding for 30 s" in a.why
 
 
+def test_a_borrowed_node_the_scheduler_declared_dead_ends_the_contract_without_a_grace():
+    c = _c("x", Role.BORROWER, S.ACTIVE, "x0")
+    # first seen unhealthy just now, but Slurm already set it down for not responding
+    [a] = _run([c], _seen(at=100.0, borrowed={"x0"}, unhealthy_since={"x0": 100.0},
+                          dead_nodes=frozenset({"x0"})))
+    assert (a.kind, a.target, a.contract_id) == ("node_down", "x0", "x")
+    assert "declared dead by the scheduler" in a.why
+
+
+def test_only_down_and_not_responding_is_declared_dead():
+    from broker.scheduler.base import Node
+
+    assert Node("v", "down", responding=False).declared_dead
+    assert not Node("v", "down", responding=True).declared_dead  # an administrator's down
+    assert not Node("v", "idle", responding=False).declared_dead  # one missed ping: grace
+    assert not Node("v", "allocated", responding=False).declared_dead
+
+
 def test_a_borrowed_node_gone_from_the_scheduler_ends_the_contract_at_once():
     [a] = _run([_c("x", Role.BORROWER, S.ACTIVE, "x0")], _seen(borrowed=()))
     assert (a.kind, a.target) == ("vanished", "x0") and "vanished" in a.why
