@@ -58,8 +58,7 @@ def main() -> int:
             drill = Drill(plan, log=lambda s: print(f"  {s}", flush=True), timeout_s=args.timeout)
             print(f"round {rnd}: {name}: {f.name}", flush=True)
             try:
-                result = drill.run(f.name, f.inject, f.heal, f.heal_after_s, f.expect_recovery,
-                                   f.settle_s)
+                result = drill.run(f)
             except UserError as err:
                 print(f"  failed: {err}", flush=True)
                 failures += 1

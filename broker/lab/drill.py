@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import shlex
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,12 +74,22 @@ class Drill:
         except DemoError:
             return None
 
-    def contract_open(self, domain: str, contract: str) -> bool | None:
-        out = self._ask(HEADS[domain], f"{BROKER_CLI} contracts --config {BROKER_CONFIG} --all --json")
+    _SEP = "=====viocluster-drill====="
+
+    def _side(self, domain: str, commands: list[str]) -> list[str] | None:
+        """Several commands on a domain's head in one SSH round trip; None when it cannot be
+        asked now (crashed, cut off)."""
+        joined = f"; echo {self._SEP}; ".join(f"{{ {c}; }} 2>/dev/null" for c in commands)
+        out = self._ask(HEADS[domain], joined, timeout=15.0)
         if out is None:
             return None
+        parts = out.split(self._SEP + "\n")
+        return parts if len(parts) == len(commands) else None
+
+    @staticmethod
+    def _open(contracts_json: str, contract: str) -> bool | None:
         try:
-            rows = json.loads(out)
+            rows = json.loads(contracts_json)
         except ValueError:
             return None
         for row in rows:
@@ -86,33 +97,50 @@ class Drill:
                 return row.get("state") in OPEN
         return False  # not held (any more): nothing open
 
-    def node_in_scheduler(self, node: str) -> bool | None:
-        out = self._ask(HEADS["a"], f"sinfo -h -N -n {shlex.quote(node)} -o %N")
-        return None if out is None else node in out.split()
-
-    def host_in_service(self, host: str) -> bool | None:
-        out = self._ask(HEADS["b"], f"sinfo -h -N -n {shlex.quote(host)} -o %T")
-        if out is None or not out.strip():
+    @staticmethod
+    def _in_service(sinfo_state: str) -> bool | None:
+        if not sinfo_state.strip():
             return None
-        state = out.split()[0].lower().rstrip("*~#!%$@^-")
-        return not any(state.startswith(d) for d in DRAINED) and "*" not in out
+        state = sinfo_state.split()[0].lower()
+        if "*" in state:
+            return False  # its slurmd does not answer
+        return not any(state.startswith(d) for d in DRAINED)
 
-    def job_where(self, job: str) -> tuple[str, str] | None:
-        out = self._ask(HEADS["a"], f"squeue -h -j {job} -o '%T %N'")
-        if out is None:
-            return None
-        parts = out.split()
-        return (parts[0], parts[1] if len(parts) > 1 else "") if parts else ("GONE", "")
+    def observe(self, trade: Trade) -> Observation:
+        """Both sides at once (two SSH round trips in parallel)."""
+        contracts = f"{BROKER_CLI} contracts --config {BROKER_CONFIG} --all --json"
+        results: dict[str, list[str] | None] = {}
 
-    def job_finished_elsewhere(self, job: str, vm: str) -> bool | None:
-        where = self.job_where(job)
-        if where is None or where[0] != "GONE":
-            return None if where is None else False
-        raw = self.read_output(job)
-        if raw is None:
-            return None
-        finished = parse_output(job, raw).finished_on
-        return finished is not None and finished != vm
+        def ask(domain: str, commands: list[str]) -> None:
+            results[domain] = self._side(domain, commands)
+
+        threads = [
+            threading.Thread(target=ask, args=("a", [contracts, "sinfo -h -N -o %N",
+                                                      f"squeue -h -j {trade.job} -o '%T %N'"])),
+            threading.Thread(target=ask, args=("b", [contracts,
+                                                      f"sinfo -h -N -n {trade.host} -o %T"])),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        at = time.time()
+        a, b = results.get("a"), results.get("b")
+        borrower_open = node_in = job_elsewhere = lender_open = host_ok = None
+        if a is not None:
+            borrower_open = self._open(a[0], trade.contract)
+            node_in = trade.node in a[1].split()
+            if not a[2].strip():  # the job has left the queue: where did it finish?
+                raw = self.read_output(trade.job)
+                finished = parse_output(trade.job, raw).finished_on if raw is not None else None
+                job_elsewhere = None if raw is None else (finished is not None
+                                                          and finished != trade.node)
+            else:
+                job_elsewhere = False
+        if b is not None:
+            lender_open = self._open(b[0], trade.contract)
+            host_ok = self._in_service(b[1])
+        return Observation(at, borrower_open, lender_open, node_in, host_ok, job_elsewhere)
 
     def read_output(self, job: str) -> bytes | None:
         out = self._ask(HEADS["a"], f"base64 -w0 {self.rundir}/a-{job}.out 2>/dev/null || true", 20)
@@ -154,22 +182,16 @@ class Drill:
                  f"lent by {trade.host})")
         return trade
 
-    def observe(self, trade: Trade) -> Observation:
-        return Observation(time.time(), self.contract_open("a", trade.contract),
-                           self.contract_open("b", trade.contract),
-                           self.node_in_scheduler(trade.node), self.host_in_service(trade.host),
-                           self.job_finished_elsewhere(trade.job, trade.node))
-
-    def run(self, name: str, inject: Callable[[Trade], None],
-            heal: Callable[[Trade], None] | None = None, heal_after_s: float | None = None,
-            expect_recovery: bool = True, settle_s: float = 0.0) -> DrillResult:
+    def run(self, fault: Fault) -> DrillResult:
         """Start the trade, make the fault, heal it after ``heal_after_s`` (or once the
         contracts ended, when None), poll until recovered, then check jobs and leftovers.
-        ``expect_recovery`` False: the fault is too short to end the trade (the contract must
-        stay active and healthy); then the drill watches for ``settle_s``."""
+        A fault with ``expect_recovery`` False is too short or too mild to end the trade: the
+        contract must stay active and healthy; the drill then watches for ``settle_s``."""
+        name, heal, heal_after_s = fault.name, fault.heal, fault.heal_after_s
+        expect_recovery, settle_s = fault.expect_recovery, fault.settle_s
         trade = self.start_trade()
         fault_at = time.time()
-        inject(trade)
+        fault.inject(self, trade)
         self.log(f"fault: {name}")
         seen: list[Observation] = []
         healed = heal is None
@@ -182,7 +204,7 @@ class Drill:
                                or heal_after_s is None and o.borrower_open is False
                                and o.lender_open in (False, None)):
                 assert heal is not None
-                heal(trade)
+                heal(self, trade)
                 healed = True
                 self.log(f"healed after {since:.1f} s")
             if not expect_recovery and healed and since >= settle_s:
@@ -192,7 +214,7 @@ class Drill:
                 break
             time.sleep(0.5)
         if not healed and heal is not None:
-            heal(trade)
+            heal(self, trade)
         result = DrillResult(name, trade, fault_at, figures(fault_at, seen), observations=seen)
         if expect_recovery:
             missing = [k for k, v in result.figures.items() if v is None]
@@ -251,44 +273,106 @@ class Drill:
 
 
 # ------------------------------------------------------------------------------ the faults
+Action = Callable[[Drill, Trade], None]
+
+
 @dataclass(frozen=True)
 class Fault:
     """A fault a drill makes: how, how it is healed and when, and what must follow."""
 
     name: str
-    inject: Callable[[Trade], None]
-    heal: Callable[[Trade], None] | None = None
+    inject: Action
+    heal: Action | None = None
     heal_after_s: float | None = None  # None: once both contracts ended
-    expect_recovery: bool = True  # False: too short to end the trade; it must stay healthy
+    expect_recovery: bool = True  # False: too short or mild to end the trade; it stays healthy
     settle_s: float = 0.0
+
+
+def _plan() -> labhosts.Plan:
+    from broker.lab import topology
+
+    p = labhosts.Plan.load(topology.STATE_DIR)
+    if p is None:
+        raise DemoError("the lab is not up")
+    return p
+
+
+def _kill(host: str, what: str, pgrep: str) -> Action:
+    """SIGKILL the processes ``pgrep`` finds on ``host`` (a lab host), by their PIDs."""
+    def act(drill: Drill, _t: Trade) -> None:
+        pids = drill.shell.run(host, f"pgrep {pgrep} || true").split()
+        if not pids:
+            raise DemoError(f"{host}: no {what} to kill (pgrep {pgrep})")
+        drill.shell.run(host, f"kill -KILL {' '.join(pids)}")
+    return act
+
+
+def _kill_unit(host: str, unit: str) -> Action:
+    """SIGKILL a systemd service's main process on ``host``, as a crash of it (its unit's
+    Restart= brings it back)."""
+    def act(drill: Drill, _t: Trade) -> None:
+        pid = drill.shell.run(host, f"systemctl show -p MainPID --value {unit}").strip()
+        if not pid.isdigit() or pid == "0":
+            raise DemoError(f"{host}: {unit} is not running")
+        drill.shell.run(host, f"kill -KILL {pid}")
+    return act
 
 
 def catalogue(fence_s: float = 10.0) -> dict[str, Fault]:
     """The drills, by name. ``fence_s``: the VMs' fence window (borrow.yml's ``trade_fence_s``)."""
-    from broker.lab import faults, topology
+    from broker.lab import faults
 
-    def plan() -> labhosts.Plan:
-        p = labhosts.Plan.load(topology.STATE_DIR)
-        if p is None:
-            raise DemoError("the lab is not up")
-        return p
+    def crash_lender(_d: Drill, t: Trade) -> None:
+        faults.crash(_plan(), t.host)
 
-    def partition(_t: Trade) -> None:
-        faults.partition(plan(), "a", "b")
+    def start_lender(_d: Drill, t: Trade) -> None:
+        faults.start(_plan(), t.host)
 
-    def heal(_t: Trade) -> None:
-        faults.heal(plan())
+    def crash_head(_d: Drill, _t: Trade) -> None:
+        faults.crash(_plan(), HEADS["a"])
 
+    def start_head(_d: Drill, _t: Trade) -> None:
+        faults.start(_plan(), HEADS["a"])
+
+    def partition(_d: Drill, _t: Trade) -> None:
+        faults.partition(_plan(), "a", "b")
+
+    def heal(_d: Drill, _t: Trade) -> None:
+        faults.heal(_plan())
+
+    def switch_kill(d: Drill, t: Trade) -> None:
+        _kill(t.host, f"switch daemon of {ACCOUNT}", f"-u {ACCOUNT} -f violin-switchd")(d, t)
+
+    def restart_slurmctld(d: Drill, _t: Trade) -> None:
+        d.shell.run(HEADS["a"], "systemctl restart slurmctld")
+
+    settle = 3 * fence_s
     return {
         "lender-crash": Fault(
             "the lending host crashes (power cut), and comes back after the trade ended",
-            inject=lambda t: faults.crash(plan(), t.host),
-            heal=lambda t: faults.start(plan(), t.host)),
+            inject=crash_lender, heal=start_lender),
         "partition-long": Fault(
             f"domains A and B partitioned for {6 * fence_s:g} s (longer than the fence window)",
             inject=partition, heal=heal, heal_after_s=6 * fence_s),
         "partition-short": Fault(
             f"domains A and B partitioned for {fence_s / 3:g} s (shorter than the fence window)",
             inject=partition, heal=heal, heal_after_s=fence_s / 3,
-            expect_recovery=False, settle_s=3 * fence_s),
+            expect_recovery=False, settle_s=settle),
+        "switch-kill": Fault(
+            "the switch daemon that carries the VM's network on its host is killed",
+            inject=switch_kill),
+        "slurmctld-restart": Fault(
+            "the borrower's slurmctld restarts", inject=restart_slurmctld,
+            expect_recovery=False, settle_s=settle),
+        "borrower-broker-kill": Fault(
+            "the borrower's broker is SIGKILLed with the contract active (systemd restarts it)",
+            inject=_kill_unit(HEADS["a"], "viocluster-broker"),
+            expect_recovery=False, settle_s=settle),
+        "lender-broker-kill": Fault(
+            "the lender's broker is SIGKILLed with the contract active (systemd restarts it)",
+            inject=_kill_unit(HEADS["b"], "viocluster-broker"),
+            expect_recovery=False, settle_s=settle),
+        "borrower-head-crash": Fault(
+            f"the borrower's head node (slurmctld, broker, NFS) crashes, back after {3 * fence_s:g} s",
+            inject=crash_head, heal=start_head, heal_after_s=3 * fence_s),
     }

@@ -189,7 +189,7 @@ def test_fault_is_noticed_fenced_and_recovered(site, fault: str) -> None:
     f = catalogue()[fault]
     drill = Drill(site["plan"], log=print, timeout_s=RECOVERY_BOUND_S)
     try:
-        result = drill.run(f.name, f.inject, f.heal, f.heal_after_s, f.expect_recovery, f.settle_s)
+        result = drill.run(f)
     finally:
         drill.close()
     for key, secs in result.figures.items():
