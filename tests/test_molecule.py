@@ -19,6 +19,7 @@ SCENARIOS = sorted(p.parent.name for p in (REPO / "molecule").glob("*/molecule.y
 
 @pytest.mark.root
 @pytest.mark.slow
+@pytest.mark.timeout(1900)
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_molecule_scenario(scenario: str, as_root: None, tmp_path: Path) -> None:
     venv_bin = Path(sys.executable).parent
