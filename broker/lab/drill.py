@@ -56,7 +56,7 @@ class Drill:
     """One drill on the lab that is up and converged (site.yml done)."""
 
     def __init__(self, plan: labhosts.Plan, log: Callable[[str], None] = print,
-                 jobs: int = 4, job_seconds: int = 40, timeout_s: float = 240.0) -> None:
+                 jobs: int = 3, job_seconds: int = 30, timeout_s: float = 240.0) -> None:
         self.plan, self.log = plan, log
         self.jobs, self.job_seconds, self.timeout_s = jobs, job_seconds, timeout_s
         self.shell = Shell(plan)
@@ -147,17 +147,47 @@ class Drill:
         return None if out is None else base64.b64decode(out.strip() or b"")
 
     # ---------------------------------------------------------------------------- phases
-    def start_trade(self) -> Trade:
-        """A clean start, a burst on A, and a job of A running on a VM of B's."""
+    def _burst(self) -> None:
+        """A clean start and a burst on A that its own nodes cannot hold."""
         reset(self.shell, HEADS, self.timeout_s)
         self.rundir = f"/home/viocluster-drill/{time.strftime('%Y%m%d-%H%M%S')}"
         script = shlex.quote(JOB_SCRIPT.format(seconds=self.job_seconds))
-        self.shell.run(HEADS["a"], f"mkdir -p {self.rundir} && printf '%s' {script} > "
-                                   f"{self.rundir}/job.sh && chmod 755 {self.rundir}/job.sh")
+        for head in HEADS.values():
+            self.shell.run(head, f"mkdir -p {self.rundir} && printf '%s' {script} > "
+                                 f"{self.rundir}/job.sh && chmod 755 {self.rundir}/job.sh")
         self.ids = self.shell.run(HEADS["a"], " && ".join(
             [f"sbatch --parsable -p phys,borrowed --requeue --open-mode=append -J drill "
              f"-o {self.rundir}/a-%j.out {self.rundir}/job.sh"] * self.jobs)).split()
         self.log(f"burst on A: jobs {', '.join(self.ids)} ({self.job_seconds} s each)")
+
+    def burst_on_b(self) -> None:
+        """Jobs on B's own nodes: B needs its lent host back (B's outputs are not checked)."""
+        ids = self.shell.run(HEADS["b"], " && ".join(
+            [f"sbatch --parsable -p phys -J drill-b -o {self.rundir}/b-%j.out "
+             f"{self.rundir}/job.sh"] * 2)).split()
+        self.log(f"burst on B: jobs {', '.join(ids)}")
+
+    def wait_state(self, domain: str, state: str, timeout: float | None = None) -> str:
+        """The id of the first contract of ``domain`` seen in ``state`` (polled quickly)."""
+        found: list[str] = []
+        cmd = f"{BROKER_CLI} contracts --config {BROKER_CONFIG} --json"
+
+        def seen() -> bool:
+            out = self._ask(HEADS[domain], cmd, timeout=10)
+            try:
+                rows = json.loads(out) if out else []
+            except ValueError:
+                return False
+            found.extend(r["id"] for r in rows if r.get("state") == state)
+            return bool(found)
+
+        _wait(f"a contract of {domain.upper()} in state {state}", seen,
+              timeout or self.timeout_s, 0.1)
+        return found[0]
+
+    def start_trade(self) -> Trade:
+        """A clean start, a burst on A, and a job of A running on a VM of B's."""
+        self._burst()
         found: dict[str, str] = {}
 
         def on_vm() -> bool:
@@ -187,6 +217,8 @@ class Drill:
         contracts ended, when None), poll until recovered, then check jobs and leftovers.
         A fault with ``expect_recovery`` False is too short or too mild to end the trade: the
         contract must stay active and healthy; the drill then watches for ``settle_s``."""
+        if fault.kill_in_state is not None:
+            return self.run_kill_in_state(*fault.kill_in_state)
         name, heal, heal_after_s = fault.name, fault.heal, fault.heal_after_s
         expect_recovery, settle_s = fault.expect_recovery, fault.settle_s
         trade = self.start_trade()
@@ -228,7 +260,29 @@ class Drill:
         self.finish(result)
         return result
 
-    def finish(self, result: DrillResult) -> None:
+    def run_kill_in_state(self, domain: str, state: str) -> DrillResult:
+        """SIGKILL a broker while its side of the trade is in ``state`` (``provisioning``:
+        while borrow.yml runs; ``reclaiming``: B is taking its host back for a burst of its
+        own). systemd restarts the broker; reconciliation rolls back or carries on. Then the
+        jobs must all finish once and intact, the brokers settle with nothing open that they
+        disagree about, and nothing is left over."""
+        name = f"{domain.upper()}'s broker SIGKILLed with the contract {state}"
+        if state == "reclaiming":
+            trade = self.start_trade()
+            self.burst_on_b()
+            contract = self.wait_state(domain, state)
+        else:
+            self._burst()
+            contract = self.wait_state(domain, state)
+            trade = Trade(contract, "", "", "")
+        fault_at = time.time()
+        _kill_unit(HEADS[domain], "viocluster-broker")(self, trade)
+        self.log(f"fault: {name} (contract {contract})")
+        result = DrillResult(name, trade, fault_at, {})
+        self.finish(result, settle=True)
+        return result
+
+    def finish(self, result: DrillResult, settle: bool = False) -> None:
         """Every job finished exactly once, no overlap, no corruption; nothing left over."""
         def all_done() -> bool:
             out = self._ask(HEADS["a"], "squeue -h -o %i", 20)
@@ -238,12 +292,18 @@ class Drill:
             _wait("every job of the drill to finish", all_done, self.timeout_s + 3 * self.job_seconds, 2.0)
         except DemoError as err:
             result.problems.append(str(err))
+        if settle:
+            try:
+                reset(self.shell, HEADS, self.timeout_s)  # every contract closed, no borrowed node
+            except DemoError as err:
+                result.problems.append(f"the brokers did not settle after the jobs: {err}")
         for job in self.ids:
             raw = self.read_output(job) or b""
             out = parse_output(job, raw)
             result.jobs[job] = out.finished_on or ""
             result.problems.extend(job_problems(out))
-        result.problems.extend(self.leftovers(result.trade, open_ok=not result.figures.get("contracts_ended_s")))
+        open_ok = not settle and not result.figures.get("contracts_ended_s")
+        result.problems.extend(self.leftovers(result.trade, open_ok=open_ok))
 
     def leftovers(self, trade: Trade, open_ok: bool = False) -> list[str]:
         """What no contract accounts for, once the drill's trade is over (or, ``open_ok``,
@@ -286,6 +346,7 @@ class Fault:
     heal_after_s: float | None = None  # None: once both contracts ended
     expect_recovery: bool = True  # False: too short or mild to end the trade; it stays healthy
     settle_s: float = 0.0
+    kill_in_state: tuple[str, str] | None = None  # (domain, state): that broker killed then
 
 
 def _plan() -> labhosts.Plan:
@@ -316,6 +377,10 @@ def _kill_unit(host: str, unit: str) -> Action:
             raise DemoError(f"{host}: {unit} is not running")
         drill.shell.run(host, f"kill -KILL {pid}")
     return act
+
+
+def _noop(_d: Drill, _t: Trade) -> None:
+    pass
 
 
 def catalogue(fence_s: float = 10.0) -> dict[str, Fault]:
@@ -372,6 +437,15 @@ def catalogue(fence_s: float = 10.0) -> dict[str, Fault]:
             "the lender's broker is SIGKILLed with the contract active (systemd restarts it)",
             inject=_kill_unit(HEADS["b"], "viocluster-broker"),
             expect_recovery=False, settle_s=settle),
+        "borrower-broker-kill-provisioning": Fault(
+            "the borrower's broker is SIGKILLed while borrow.yml runs", inject=_noop,
+            kill_in_state=("a", "provisioning")),
+        "lender-broker-kill-provisioning": Fault(
+            "the lender's broker is SIGKILLed while the borrower provisions", inject=_noop,
+            kill_in_state=("b", "provisioning")),
+        "lender-broker-kill-reclaiming": Fault(
+            "the lender's broker is SIGKILLed while it reclaims its host", inject=_noop,
+            kill_in_state=("b", "reclaiming")),
         "borrower-head-crash": Fault(
             f"the borrower's head node (slurmctld, broker, NFS) crashes, back after {3 * fence_s:g} s",
             inject=crash_head, heal=start_head, heal_after_s=3 * fence_s),

@@ -179,10 +179,14 @@ def test_demo_trades_a_machine_twice_in_a_row(site, tmp_path) -> None:
 # nodes at once, no output corrupted, nothing left that no contract accounts for. The times
 # are printed (bench/bench_faults.py measures them), the bound is the test's.
 RECOVERY_BOUND_S = 120.0
+FAULT_DRILLS = ["lender-crash", "partition-long", "partition-short", "switch-kill",
+                "slurmctld-restart", "borrower-broker-kill", "lender-broker-kill",
+                "borrower-broker-kill-provisioning", "lender-broker-kill-provisioning",
+                "lender-broker-kill-reclaiming", "borrower-head-crash"]
 
 
 @pytest.mark.faults
-@pytest.mark.parametrize("fault", ["lender-crash", "partition-long", "partition-short"])
+@pytest.mark.parametrize("fault", FAULT_DRILLS)
 def test_fault_is_noticed_fenced_and_recovered(site, fault: str) -> None:
     from broker.lab.drill import Drill, catalogue
 
