@@ -66,8 +66,11 @@ def main() -> int:
             finally:
                 drill.close()
             rows[name].append(result.figures)
-            print("  " + ", ".join(f"{k} {'-' if v is None else f'{v:.1f}'}"
-                                   for k, v in result.figures.items()), flush=True)
+            if any(v is not None for v in result.figures.values()):
+                print("  " + ", ".join(f"{k} {'-' if v is None else f'{v:.1f}'}"
+                                       for k, v in result.figures.items()), flush=True)
+            else:
+                print("  the trade was not ended by the fault (none was to be)", flush=True)
             for problem in result.problems:
                 print(f"  PROBLEM: {problem}", flush=True)
                 failures += 1

@@ -200,12 +200,21 @@ class Drill:
             return False
 
         _wait("a job of A running on a borrowed VM", on_vm, self.timeout_s, 0.5)
-        active = [c for c in _contracts(self.shell, HEADS["a"], all_=False)
-                  if c["role"] == "borrower" and c["state"] == "active"
-                  and found["node"] in (c.get("nodes") or [])]
-        if not active:
+        active: list[dict] = []
+
+        def admitted() -> bool:
+            # Slurm may start a job on the VM a moment before the broker's admission sees the
+            # node idle and makes the contract active.
+            active[:] = [c for c in _contracts(self.shell, HEADS["a"], all_=False)
+                         if c["role"] == "borrower" and c["state"] == "active"
+                         and found["node"] in (c.get("nodes") or [])]
+            return bool(active)
+
+        try:
+            _wait(f"broker A's contract for {found['node']} to be active", admitted, 30.0, 0.5)
+        except DemoError:
             raise DemoError(f"job {found['job']} runs on {found['node']} but broker A has no "
-                            "active contract for it")
+                            "active contract for it") from None
         c = active[-1]
         trade = Trade(c["id"], found["node"], c["hosts"][0], found["job"])
         self.log(f"job {trade.job} runs on {trade.node} (contract {trade.contract}, "

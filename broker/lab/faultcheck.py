@@ -29,6 +29,9 @@ echo "done $(hostname) $(date +%s.%N)"
 """
 
 _LINE = re.compile(r"^(start|tick|done) (\S+) ([0-9]+(?:\.[0-9]+)?)$")
+#: What Slurm itself writes into a job's output, e.g. when the job is requeued off a node set
+#: down: "slurmstepd-NODE: error: *** JOB 68 ON NODE CANCELLED AT ... ***". Not corruption.
+_SCHEDULER_NOTE = re.compile(r"^slurmstepd(-\S+)?: \S")
 
 
 @dataclass
@@ -46,6 +49,7 @@ class JobOutput:
     job_id: str
     runs: list[HostRun] = field(default_factory=list)
     corrupt: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # lines the scheduler wrote (requeue notices)
 
     @property
     def finished_on(self) -> str | None:
@@ -66,6 +70,9 @@ def parse_output(job_id: str, raw: bytes) -> JobOutput:
         if not line.strip():
             continue
         m = _LINE.match(line.strip())
+        if not m and _SCHEDULER_NOTE.match(line.strip()):
+            out.notes.append(line.strip())
+            continue
         if not m:
             out.corrupt.append(f"line {number}: {line[:60]!r}")
             continue

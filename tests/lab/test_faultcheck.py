@@ -57,3 +57,12 @@ def test_a_part_never_done_has_no_figure() -> None:
     f = figures(0.0, [Observation(1, True, None, True, None, None)])
     assert f == {"contracts_ended_s": None, "node_gone_s": None, "host_back_s": None,
                  "job_elsewhere_s": None}
+
+
+def test_slurms_own_requeue_notice_in_the_output_is_not_corruption() -> None:
+    raw = lines(("start", "a-v1", 100), ("tick", "a-v1", 101)) + (
+        b"slurmstepd-a-v1: error: *** JOB 68 ON a-v1 CANCELLED AT 2026-11-30T08:26:40 DUE TO "
+        b"NODE FAILURE, SEE SLURMCTLD LOG FOR DETAILS ***\n") + \
+        lines(("start", "a-node1", 140), ("done", "a-node1", 170))
+    job = parse_output("68", raw)
+    assert job_problems(job) == [] and len(job.notes) == 1

@@ -173,12 +173,15 @@ def test_demo_trades_a_machine_twice_in_a_row(site, tmp_path) -> None:
 
 # Faults on the live trade -------------------------------------------------------------------
 # Each drill (broker/lab/drill.py) makes A borrow a VM of B with a job of A's on it, makes the
-# fault, and polls both sides. Bound: both contracts ended, the node gone from A's Slurm, B's
-# host back in B's service and the VM's job finished elsewhere within the drill's timeout
-# (RECOVERY_BOUND_S); and, checked on the jobs' own output files, no job lost, none run on two
-# nodes at once, no output corrupted, nothing left that no contract accounts for. The times
-# are printed (bench/bench_faults.py measures them), the bound is the test's.
-RECOVERY_BOUND_S = 120.0
+# fault, and polls both sides. Where the fault ends the trade: both contracts ended and the
+# node gone from A's Slurm within ENDED_BOUND_S of the fault (a liveness bound the design
+# promises: Slurm gives up on a silent node after about SlurmdTimeout, 30-45 s here, and the
+# brokers end the trade within node_down_grace_s, 20 s, of that); B's host back and the VM's
+# job finished elsewhere within RECOVERY_BOUND_S. Always, checked on the jobs' own output
+# files: no job lost, none run on two nodes at once, no output corrupted; and nothing left
+# that no contract accounts for. bench/bench_faults.py measures the times.
+ENDED_BOUND_S = 90.0
+RECOVERY_BOUND_S = 150.0
 FAULT_DRILLS = ["lender-crash", "partition-long", "partition-short", "switch-kill",
                 "slurmctld-restart", "borrower-broker-kill", "lender-broker-kill",
                 "borrower-broker-kill-provisioning", "lender-broker-kill-provisioning",
@@ -199,3 +202,7 @@ def test_fault_is_noticed_fenced_and_recovered(site, fault: str) -> None:
     for key, secs in result.figures.items():
         print(f"fault {fault}: {key:20} {secs if secs is None else round(secs, 1)}")
     assert result.problems == [], "\n".join(result.problems)
+    if f.expect_recovery and f.kill_in_state is None:
+        late = {k: result.figures[k] for k in ("contracts_ended_s", "node_gone_s")
+                if (result.figures[k] or 0.0) > ENDED_BOUND_S}
+        assert not late, f"the trade ended later than {ENDED_BOUND_S:g} s after the fault: {late}"
