@@ -269,6 +269,61 @@ class Drill:
         self.finish(result)
         return result
 
+    def run_chain(self, faults: list[Fault]) -> DrillResult:
+        """Faults that must not end the trade, one after the other on one trade: each is made
+        (and healed after its ``heal_after_s``), then the drill watches for its ``settle_s``;
+        at the end of each, both brokers must still hold the contract open, the node must be in
+        A's Slurm and the VM's job still running there. One trade for all keeps the suite short;
+        the VM's job runs long enough to outlive them all."""
+        if any(f.expect_recovery or f.kill_in_state for f in faults):
+            raise DemoError("a chain takes only faults that must not end the trade")
+        saved = self.job_seconds
+        self.job_seconds = max(saved, int(sum(f.settle_s + (f.heal_after_s or 0) for f in faults)
+                                          + 40))
+        try:
+            trade = self.start_trade()
+        finally:
+            self.job_seconds = saved
+        result = DrillResult(" + ".join(f.name for f in faults), trade, time.time(), {})
+        for fault in faults:
+            at = time.time()
+            fault.inject(self, trade)
+            self.log(f"fault: {fault.name}")
+            healed = fault.heal is None
+            while time.time() - at < max(fault.settle_s, fault.heal_after_s or 0.0):
+                if not healed and fault.heal and time.time() - at >= (fault.heal_after_s or 0.0):
+                    fault.heal(self, trade)
+                    healed = True
+                    self.log(f"healed after {time.time() - at:.1f} s")
+                result.observations.append(self.observe(trade))
+                time.sleep(0.5)
+            if not healed and fault.heal:
+                fault.heal(self, trade)
+            o = self.observe(trade)
+            result.observations.append(o)
+            if not (o.borrower_open and o.lender_open and o.node_in_scheduler):
+                result.problems.append(
+                    f"{fault.name}: the trade did not stay healthy (borrower open "
+                    f"{o.borrower_open}, lender open {o.lender_open}, node in Slurm "
+                    f"{o.node_in_scheduler})")
+            vms = self._ask(trade.host, "viocluster-vms list")
+            if vms is not None and trade.node not in vms.split():
+                result.problems.append(f"{fault.name}: the VM {trade.node} is gone from "
+                                       f"{trade.host}")
+            where = self.job_where(trade.job)
+            if where is not None and where != ("RUNNING", trade.node):
+                result.problems.append(f"{fault.name}: job {trade.job} no longer runs on "
+                                       f"{trade.node} ({' '.join(where)})")
+        self.finish(result)
+        return result
+
+    def job_where(self, job: str) -> tuple[str, str] | None:
+        out = self._ask(HEADS["a"], f"squeue -h -j {job} -o '%T %N'")
+        if out is None:
+            return None
+        parts = out.split()
+        return (parts[0], parts[1] if len(parts) > 1 else "") if parts else ("GONE", "")
+
     def run_kill_in_state(self, domain: str, state: str) -> DrillResult:
         """SIGKILL a broker while its side of the trade is in ``state`` (``provisioning``:
         while borrow.yml runs; ``reclaiming``: B is taking its host back for a burst of its
@@ -420,7 +475,7 @@ def catalogue(fence_s: float = 10.0) -> dict[str, Fault]:
     def restart_slurmctld(d: Drill, _t: Trade) -> None:
         d.shell.run(HEADS["a"], "systemctl restart slurmctld")
 
-    settle = 3 * fence_s
+    settle = 1.5 * fence_s  # a VM that fenced itself wrongly is gone W + 1 s after the fault
     return {
         "lender-crash": Fault(
             "the lending host crashes (power cut), and comes back after the trade ended",

@@ -182,10 +182,12 @@ def test_demo_trades_a_machine_twice_in_a_row(site, tmp_path) -> None:
 # that no contract accounts for. bench/bench_faults.py measures the times.
 ENDED_BOUND_S = 90.0
 RECOVERY_BOUND_S = 150.0
-FAULT_DRILLS = ["lender-crash", "partition-long", "partition-short", "switch-kill",
-                "slurmctld-restart", "borrower-broker-kill", "lender-broker-kill",
+FAULT_DRILLS = ["lender-crash", "partition-long", "switch-kill", "borrower-head-crash",
                 "borrower-broker-kill-provisioning", "lender-broker-kill-provisioning",
-                "lender-broker-kill-reclaiming", "borrower-head-crash"]
+                "lender-broker-kill-reclaiming"]
+#: Faults that must not end the trade, made one after the other on one trade.
+MILD_FAULTS = ["partition-short", "slurmctld-restart", "borrower-broker-kill",
+               "lender-broker-kill"]
 
 
 @pytest.mark.faults
@@ -206,3 +208,19 @@ def test_fault_is_noticed_fenced_and_recovered(site, fault: str) -> None:
         late = {k: result.figures[k] for k in ("contracts_ended_s", "node_gone_s")
                 if (result.figures[k] or 0.0) > ENDED_BOUND_S}
         assert not late, f"the trade ended later than {ENDED_BOUND_S:g} s after the fault: {late}"
+
+
+@pytest.mark.faults
+def test_faults_that_must_not_end_the_trade_leave_it_healthy(site) -> None:
+    """A partition shorter than the fence window, slurmctld restarted, each broker SIGKILLed
+    with the contract active: after each, both contracts open, the node in A's Slurm, the VM
+    alive on B's host and A's job still running on it; then every job finished once, intact."""
+    from broker.lab.drill import Drill, catalogue
+
+    known = catalogue()
+    drill = Drill(site["plan"], log=print, timeout_s=RECOVERY_BOUND_S)
+    try:
+        result = drill.run_chain([known[name] for name in MILD_FAULTS])
+    finally:
+        drill.close()
+    assert result.problems == [], "\n".join(result.problems)
