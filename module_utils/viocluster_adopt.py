@@ -351,7 +351,7 @@ def partition_gaps(partitions: list[dict[str, str]], site: SiteConf, want: Want)
     if ours is None:
         gaps.append(Gap(f"partition {want.partition}", "none (borrowed VMs join as dynamic "
                         f"nodes with the feature {want.feature} and need a partition of their own)",
-                        "", "reconfigure", include_partition_lines(want)))
+                        "", "reconfigure", include_partition_lines(want, max_time(partitions))))
     else:
         sets = [s for s in ours.get("NodeSets", "").split(",") if s and s != "(null)"]
         good = want.nodeset in sets or any(nodeset_feature.get(s) == want.feature for s in sets)
@@ -372,10 +372,19 @@ def partition_gaps(partitions: list[dict[str, str]], site: SiteConf, want: Want)
     return gaps
 
 
-def include_partition_lines(want: Want) -> str:
+def max_time(partitions: list[dict[str, str]]) -> str:
+    """MaxTime for the borrowed partition: the site's default partition's. A job without --time
+    gets its partition's MaxTime as its limit; one requeued off a reclaimed VM must still fit the
+    site's partition (a longer limit keeps it pending there, Reason=PartitionConfig)."""
+    default = next((p for p in partitions if p.get("Default") == "YES"), None)
+    value = (default or {}).get("MaxTime", "UNLIMITED")
+    return "INFINITE" if value in ("UNLIMITED", "", "INFINITE") else value
+
+
+def include_partition_lines(want: Want, maxtime: str = "INFINITE") -> str:
     return (f"NodeSet={want.nodeset} Feature={want.feature}\n"
             f"PartitionName={want.partition} Nodes={want.nodeset} "
-            f"PriorityTier={want.partition_tier} MaxTime=INFINITE State=UP")
+            f"PriorityTier={want.partition_tier} MaxTime={maxtime} State=UP")
 
 
 def version_gap(site_version: str, image_version: str, image_source: str) -> Gap | None:

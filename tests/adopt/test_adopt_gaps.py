@@ -43,9 +43,10 @@ def test_a_hand_made_cluster_lacks_what_borrowing_needs():
     assert "line 7" in gaps["AuthInfo"].fix and "cred_expire=10" in gaps["AuthInfo"].fix
     part = gaps["partition borrowed"]
     assert part.how == "reconfigure"
+    # no longer than the site's default partition allows: a job requeued off a VM must fit there
     assert part.line.splitlines() == [
         "NodeSet=viocluster_borrowed Feature=borrowed",
-        "PartitionName=borrowed Nodes=viocluster_borrowed PriorityTier=1 MaxTime=INFINITE State=UP"]
+        "PartitionName=borrowed Nodes=viocluster_borrowed PriorityTier=1 MaxTime=2-00:00:00 State=UP"]
 
 
 def test_after_the_include_file_and_a_restart_nothing_is_missing():
@@ -69,7 +70,7 @@ def test_the_include_file_holds_restart_lines_only_when_a_restart_is_allowed():
     gaps = va.slurm_gaps(*load("site"), WANT)
     without = va.include_lines(va.include_text(gaps, restart_allowed=False))
     assert without == ["NodeSet=viocluster_borrowed Feature=borrowed",
-                       "PartitionName=borrowed Nodes=viocluster_borrowed PriorityTier=1 MaxTime=INFINITE State=UP"]
+                       "PartitionName=borrowed Nodes=viocluster_borrowed PriorityTier=1 MaxTime=2-00:00:00 State=UP"]
     assert not va.needs_restart(without)
     with_restart = va.include_lines(va.include_text(gaps, restart_allowed=True))
     assert "MaxNodeCount=18" in with_restart and "SlurmctldParameters=enable_configless" in with_restart
