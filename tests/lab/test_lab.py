@@ -54,12 +54,15 @@ def ssh(plan: labhosts.Plan, host: str, command: str, timeout: float = 60) -> st
 
 def run_site(tmp_path: Path, ident: str, dry_run: bool = False) -> ansible_runner.Runner:
     """site.yml on the lab (``dry_run``: ``--check --diff``); fails the test when it fails."""
-    (tmp_path / "runner").mkdir(exist_ok=True)
+    # A directory per run: ansible-runner keeps a run's cmdline (--check) in env/cmdline of its
+    # private data directory and reuses it for the next run there.
+    private = tmp_path / f"runner-{ident}"
+    private.mkdir(exist_ok=True)
     venv_bin = str(Path(sys.executable).parent)
     if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):  # ansible-playbook's home
         os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
     runner = ansible_runner.run(
-        private_data_dir=str(tmp_path / "runner"),
+        private_data_dir=str(private),
         project_dir=str(REPO),
         playbook="playbooks/site.yml",
         inventory=str(INVENTORY),
