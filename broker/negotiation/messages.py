@@ -6,7 +6,10 @@ the same id twice answers the same way and changes nothing the second time.
 
 :func:`decode` accepts only what is written here: an unknown type, a missing or extra field,
 a wrong type or an out-of-range value raises :class:`MessageError` with a message naming the
-field, so the peer can be told exactly what to fix.
+field, so the peer can be told exactly what to fix. That holds for any input, not only for
+plausible mistakes: NaN, Infinity, integers too large for a float, numbers of thousands of
+digits, deep nesting, a key given twice in one object, text that is not UTF-8 or holds lone
+surrogates all get a :class:`MessageError`, never another exception.
 """
 
 from __future__ import annotations
@@ -21,10 +24,19 @@ from typing import Any, ClassVar
 from broker.errors import UserError
 
 #: Names of domains, hosts, contracts and message ids: short, printable, shell- and URL-safe.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+#: (``\Z``, not ``$``: a ``$`` also matches before a trailing newline.)
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 RECLAIM_MODES = ("immediate", "lease", "drain", "gradual")
 MAX_NODES = 4096
 MAX_BODY = 64 * 1024
+#: Ranges of the number fields: a time (``sent_at``, seconds since 1970) up to the end of the
+#: year 9999, a lease up to 10^10 s (about 317 years), a round-trip time up to an hour.
+MAX_TIME_S = 253_402_300_799.0
+MAX_LEASE_S = 1e10
+MAX_RTT_MS = 3_600_000.0
+MAX_MEMORY_MB = 1 << 30
+MAX_DISK_GB = 1 << 30
+MAX_CPUS = 4096
 
 
 class MessageError(UserError):
@@ -186,11 +198,44 @@ def decode(data: bytes | str) -> Message:
             data = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise MessageError(f"message is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    return from_dict(parse_json(data))
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads`` that raises only :class:`MessageError`, and refuses a key given twice.
+
+    NaN and Infinity parse (as floats) so that :func:`from_dict` names the field holding one.
+    Nesting deep enough to exhaust the parser, and integers of more digits than Python reads,
+    are refused here (a message is at most four levels deep, and no field takes such a number).
+    """
     try:
-        raw = json.loads(data)
+        return json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
-        raise MessageError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    return from_dict(raw)
+        raise MessageError(
+            f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except RecursionError:
+        raise MessageError(
+            "JSON nested too deeply: a message is an object of at most four levels "
+            "(see docs/broker.md, Messages)"
+        ) from None
+    except ValueError:
+        # Python refuses to read an integer of more than 4300 digits
+        raise MessageError(
+            "a number in the message has thousands of digits; no field takes a number "
+            "that large"
+        ) from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise MessageError(
+                f"key {_show(key)} appears twice in one object; send each field once"
+            )
+        obj[key] = value
+    return obj
 
 
 def from_dict(raw: Any) -> Message:
@@ -203,11 +248,12 @@ def from_dict(raw: Any) -> Message:
     cls = MESSAGE_TYPES.get(kind)
     if cls is None:
         known = ", ".join(sorted(MESSAGE_TYPES))
-        raise MessageError(f"unknown message type {kind!r}; expected one of: {known}")
+        raise MessageError(f"unknown message type {_show(kind)}; expected one of: {known}")
     expected = {f.name for f in fields(cls)} | {"type"}
     extra = sorted(set(raw) - expected)
     if extra:
-        raise MessageError(f"{kind}: unknown field(s) {', '.join(extra)}")
+        raise MessageError(f"{kind}: unknown field(s) {_keys(extra)}; allowed: "
+                           f"{', '.join(sorted(expected))}")
     missing = sorted(expected - set(raw))
     if missing:
         raise MessageError(f"{kind}: missing field(s) {', '.join(missing)}")
@@ -215,7 +261,8 @@ def from_dict(raw: Any) -> Message:
         "id": _name(raw, "id", kind),
         "sender": _name(raw, "sender", kind),
         "recipient": _name(raw, "recipient", kind),
-        "sent_at": _number(raw, "sent_at", kind, minimum=0),
+        "sent_at": _number(raw, "sent_at", kind, 0, MAX_TIME_S,
+                           "seconds since 1970, up to the year 9999"),
     }
     if "contract_id" in expected:
         values["contract_id"] = _name(raw, "contract_id", kind)
@@ -258,12 +305,42 @@ def _json_type(value: Any) -> str:
     )
 
 
+def _show(value: Any) -> str:
+    """``value`` as an error message shows it: short, one line, whatever it holds."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, int):
+        if abs(value) < 10**20:
+            return str(value)
+        if value.bit_length() < 13_000:  # str() of an int refuses more than 4300 digits
+            return f"an integer of {len(str(abs(value)))} digits"
+        return "an integer of thousands of digits"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return repr(value)
+    if isinstance(value, str):
+        if len(value) <= 40:
+            return repr(value)
+        return f"{value[:40]!r}... ({len(value)} characters)"
+    return _json_type(value)
+
+
+def _keys(keys: list[str]) -> str:
+    """Field names for an error message; odd ones quoted, at most ten."""
+    shown = [k if NAME_RE.match(k) and len(k) <= 40 else _show(k) for k in keys[:10]]
+    more = f" and {len(keys) - 10} more" if len(keys) > 10 else ""
+    return ", ".join(shown) + more
+
+
 def _name(raw: dict[str, Any], key: str, where: str) -> str:
     value = raw.get(key)
     if not isinstance(value, str) or not NAME_RE.match(value):
         raise MessageError(
             f"{where}.{key}: expected a name of 1-63 letters, digits, '.', '_' or '-', "
-            f"got {value!r}"
+            f"got {_show(value)}"
         )
     return value
 
@@ -271,33 +348,51 @@ def _name(raw: dict[str, Any], key: str, where: str) -> str:
 def _text(raw: dict[str, Any], key: str, where: str, limit: int = 500) -> str:
     value = raw.get(key)
     if not isinstance(value, str) or len(value) > limit:
-        raise MessageError(f"{where}.{key}: expected a string of at most {limit} characters")
+        got = f"{len(value)} characters" if isinstance(value, str) else _show(value)
+        raise MessageError(f"{where}.{key}: expected a string of at most {limit} characters, "
+                           f"got {got}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate (\ud800 in JSON) cannot be stored
+        raise MessageError(f"{where}.{key}: character {exc.start} is a lone UTF-16 surrogate; "
+                           "send text that is valid Unicode") from None
     return value
 
 
 def _int(raw: dict[str, Any], key: str, where: str, minimum: int, maximum: int) -> int:
     value = raw.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-        raise MessageError(f"{where}.{key}: expected an integer {minimum}..{maximum}, got {value!r}")
+        raise MessageError(f"{where}.{key}: expected an integer from {minimum} to {maximum}, "
+                           f"got {_show(value)}")
     return value
 
 
-def _number(raw: dict[str, Any], key: str, where: str, minimum: float = 0) -> float:
+def _number(raw: dict[str, Any], key: str, where: str, minimum: float, maximum: float,
+            unit: str) -> float:
+    """A finite number in [minimum, maximum]. An int is compared as an int (exactly, and
+    without the OverflowError that converting one too large for a float would raise)."""
     value = raw.get(key)
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < minimum
+        or (isinstance(value, float) and not math.isfinite(value))
+        or not minimum <= value <= maximum
     ):
-        raise MessageError(f"{where}.{key}: expected a finite number >= {minimum}, got {value!r}")
+        raise MessageError(f"{where}.{key}: expected a number from {_bound(minimum)} to "
+                           f"{_bound(maximum)} ({unit}), got {_show(value)}")
     return float(value)
+
+
+def _bound(x: float) -> str:
+    return str(int(x)) if x == int(x) else f"{x:g}"
 
 
 def _list(raw: dict[str, Any], key: str, where: str, minimum: int = 0) -> list[Any]:
     value = raw.get(key)
     if not isinstance(value, (list, tuple)) or not minimum <= len(value) <= MAX_NODES:
-        raise MessageError(f"{where}.{key}: expected an array of {minimum}..{MAX_NODES} items")
+        got = f"{len(value)} items" if isinstance(value, (list, tuple)) else _show(value)
+        raise MessageError(f"{where}.{key}: expected an array of {minimum} to {MAX_NODES} items, "
+                           f"got {got}")
     return value
 
 
@@ -306,7 +401,8 @@ def _object(value: Any, where: str, keys: set[str], required: set[str]) -> dict[
         raise MessageError(f"{where}: expected an object, got {_json_type(value)}")
     extra = sorted(set(value) - keys)
     if extra:
-        raise MessageError(f"{where}: unknown field(s) {', '.join(extra)}")
+        raise MessageError(f"{where}: unknown field(s) {_keys(extra)}; allowed: "
+                           f"{', '.join(sorted(keys))}")
     missing = sorted(required - set(value))
     if missing:
         raise MessageError(f"{where}: missing field(s) {', '.join(missing)}")
@@ -318,9 +414,9 @@ def _needs(value: Any, kind: str) -> Needs:
     keys = {"cpus", "memory_mb", "disk_gb"}
     obj = _object(value, where, keys, keys)
     return Needs(
-        cpus=_int(obj, "cpus", where, 1, 4096),
-        memory_mb=_int(obj, "memory_mb", where, 0, 1 << 30),
-        disk_gb=_int(obj, "disk_gb", where, 0, 1 << 30),
+        cpus=_int(obj, "cpus", where, 1, MAX_CPUS),
+        memory_mb=_int(obj, "memory_mb", where, 0, MAX_MEMORY_MB),
+        disk_gb=_int(obj, "disk_gb", where, 0, MAX_DISK_GB),
     )
 
 
@@ -329,11 +425,11 @@ def _terms(value: Any, kind: str) -> Terms:
     keys = {"mode", "lease_s", "per_interval"}
     obj = _object(value, where, keys, keys)
     mode = obj["mode"]
-    if mode not in RECLAIM_MODES:
+    if not isinstance(mode, str) or mode not in RECLAIM_MODES:
         raise MessageError(
-            f"{where}.mode: expected one of {', '.join(RECLAIM_MODES)}, got {mode!r}"
+            f"{where}.mode: expected one of {', '.join(RECLAIM_MODES)}, got {_show(mode)}"
         )
-    lease = _number(obj, "lease_s", where, minimum=0)
+    lease = _number(obj, "lease_s", where, 0, MAX_LEASE_S, "seconds")
     per_interval = _int(obj, "per_interval", where, 1, MAX_NODES)
     return Terms(mode=mode, lease_s=lease, per_interval=per_interval)
 
@@ -347,15 +443,15 @@ def _host_offers(value: Any, kind: str) -> tuple[HostOffer, ...]:
         obj = _object(item, where, keys, keys - {"rtt_ms"})
         rtt = obj.get("rtt_ms")
         if rtt is not None:
-            rtt = _number(obj, "rtt_ms", where)
+            rtt = _number(obj, "rtt_ms", where, 0, MAX_RTT_MS, "milliseconds, or null")
         hosts.append(
             HostOffer(
                 name=_name(obj, "name", where),
                 address=_name(obj, "address", where),
                 account=_name(obj, "account", where),
-                cpus=_int(obj, "cpus", where, 1, 4096),
-                memory_mb=_int(obj, "memory_mb", where, 0, 1 << 30),
-                disk_gb=_int(obj, "disk_gb", where, 0, 1 << 30),
+                cpus=_int(obj, "cpus", where, 1, MAX_CPUS),
+                memory_mb=_int(obj, "memory_mb", where, 0, MAX_MEMORY_MB),
+                disk_gb=_int(obj, "disk_gb", where, 0, MAX_DISK_GB),
                 site=_name(obj, "site", where),
                 rtt_ms=rtt,
             )

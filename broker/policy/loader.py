@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from broker.errors import ConfigError
+from broker.negotiation.messages import MAX_LEASE_S
 from broker.policy.borrowing import BorrowingPolicy
 from broker.policy.domain import DomainPolicy
 from broker.policy.hosts import Requirements
@@ -57,8 +58,10 @@ class _Reader:
         return v
 
     def seconds(self, path: str, v: Any) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise self.fail(path, v, "a number of seconds >= 0")
+        # at most what a message's terms.lease_s may carry, or peers would refuse our offers
+        if (isinstance(v, bool) or not isinstance(v, (int, float))
+                or not 0 <= v <= MAX_LEASE_S):  # NaN fails the comparison too
+            raise self.fail(path, v, f"a number of seconds from 0 to {MAX_LEASE_S:.0f}")
         return float(v)
 
     def fraction(self, path: str, v: Any) -> float:

@@ -75,3 +75,119 @@ def test_offer_host_fields_are_checked():
     raw["hosts"][0]["cpus"] = -1
     with pytest.raises(m.MessageError, match=r"offer.hosts\[0\].cpus"):
         m.from_dict(raw)
+
+
+# Any input: a MessageError naming the field and what is expected, never another exception --
+
+
+def _with(path: str, value, raw_text: str | None = None) -> bytes:
+    """A valid request with the field at ``path`` (a.b for nested) set to ``value``; with
+    ``raw_text``, the JSON number text written in as it is."""
+    raw = _request()
+    target = raw
+    *parents, key = path.split(".")
+    for name in parents:
+        target = target[name]
+    target[key] = "@@slot@@" if raw_text is not None else value
+    text = json.dumps(raw)
+    if raw_text is not None:
+        text = text.replace('"@@slot@@"', raw_text)
+    return text.encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        # the issue: an integer too large for a float raised OverflowError (a 500)
+        (_with("sent_at", 10**400), ["request.sent_at: expected a number from 0 to 253402300799",
+                                     "got an integer of 401 digits"]),
+        (_with("terms.lease_s", 10**400),
+         ["request.terms.lease_s: expected a number from 0 to 10000000000 (seconds)",
+          "401 digits"]),
+        (_with("sent_at", -(10**400)), ["request.sent_at", "401 digits"]),
+        (_with("sent_at", None, "Infinity"), ["request.sent_at", "got Infinity"]),
+        (_with("sent_at", None, "-Infinity"), ["request.sent_at", "got -Infinity"]),
+        (_with("sent_at", None, "1e400"), ["request.sent_at", "got Infinity"]),
+        (_with("terms.lease_s", None, "NaN"), ["request.terms.lease_s", "got NaN"]),
+        (_with("sent_at", m.MAX_TIME_S + 1), ["request.sent_at", "up to the year 9999"]),
+        (_with("sent_at", -1), ["request.sent_at", "got -1"]),
+        (_with("terms.lease_s", m.MAX_LEASE_S * 2), ["request.terms.lease_s", "got 20000000000.0"]),
+        (_with("sent_at", "1"), ["request.sent_at", "got '1'"]),
+        (_with("sent_at", True), ["request.sent_at", "got true"]),
+        (_with("sent_at", [1]), ["request.sent_at", "got an array"]),
+        (_with("nodes", 10**400), ["request.nodes: expected an integer from 1 to 4096",
+                                   "401 digits"]),
+        (_with("nodes", 1.5), ["request.nodes", "got 1.5"]),
+        (_with("needs.cpus", 2**64), ["request.needs.cpus", "got 18446744073709551616"]),
+        (_with("needs.cpus", 10**25), ["request.needs.cpus", "an integer of 26 digits"]),
+        (_with("needs", []), ["request.needs: expected an object, got an array"]),
+        (_with("terms.mode", 5), ["request.terms.mode", "got 5"]),
+        (_with("terms.mode", {"a": 1}), ["request.terms.mode", "got an object"]),
+        # numbers of more digits than Python reads (a ValueError inside json.loads)
+        (_with("sent_at", None, "9" * 5000), ["thousands of digits"]),
+        (_with("nodes", None, "1" + "0" * 4299), ["request.nodes", "thousands of digits"]),
+        # nesting deep enough to exhaust the parser (a RecursionError inside json.loads)
+        (b"[" * 60_000, ["nested too deeply"]),
+        (b'{"a":' * 12_000, ["nested too deeply"]),
+        (_with("needs", None, "[" * 5000 + "]" * 5000), ["nested too deeply"]),
+        # a key given twice: which one counts would depend on the parser
+        (b'{"type":"request","type":"heartbeat"}', ["key 'type' appears twice"]),
+        (_with("terms", None, '{"mode":"lease","mode":"immediate"}'), ["key 'mode' appears twice"]),
+        # text: names end where they seem to, reasons are storable Unicode
+        (_with("id", "m-1\n"), ["request.id", "got 'm-1\\n'"]),
+        (_with("contract_id", "a" * 64), ["request.contract_id"]),
+        (json.dumps({**ALL[3].to_dict(), "sender": "a", "recipient": "b",
+                     "reason": "\ud800"}).encode(), ["decline.reason", "lone UTF-16 surrogate"]),
+        (json.dumps({**ALL[3].to_dict(), "reason": "r" * 501}).encode(),
+         ["decline.reason: expected a string of at most 500 characters, got 501 characters"]),
+        (b'{"type": "request", "id": "\xed\xa0\x80"}', ["not UTF-8"]),
+        (b"\xef\xbb\xbf{}", ["malformed JSON"]),
+        (b"", ["malformed JSON"]),
+        (json.dumps(ALL[0].to_dict()).encode("utf-16"), ["not UTF-8"]),
+        # arrays past their limit
+        (json.dumps({**ALL[2].to_dict(), "hosts": ["h"] * 5000}).encode(),
+         ["accept.hosts: expected an array of 1 to 4096 items, got 5000 items"]),
+        (json.dumps({**ALL[6].to_dict(), "contracts": [["a-c1"]]}).encode(),
+         ["heartbeat.contracts[0]: expected [contract_id, state]"]),
+    ],
+)
+def test_any_bad_value_is_named_with_what_is_expected(data, words):
+    with pytest.raises(m.MessageError) as err:
+        m.decode(data)
+    for word in words:
+        assert word in err.value.reason
+    assert "\n" not in err.value.reason and len(err.value.reason) < 400
+
+
+def test_numbers_at_the_limits_are_accepted():
+    raw = _request(sent_at=int(m.MAX_TIME_S))
+    raw["terms"]["lease_s"] = int(m.MAX_LEASE_S)
+    message = m.from_dict(raw)
+    assert message.sent_at == m.MAX_TIME_S and message.terms.lease_s == m.MAX_LEASE_S
+    assert m.from_dict(_request(sent_at=0)).sent_at == 0.0
+    offer = ALL[1].to_dict()
+    offer["hosts"][0]["rtt_ms"] = m.MAX_RTT_MS
+    assert m.from_dict(offer).hosts[0].rtt_ms == m.MAX_RTT_MS
+
+
+def test_an_odd_field_name_is_shown_short_and_quoted():
+    with pytest.raises(m.MessageError) as err:
+        m.from_dict(_request(**{"x" * 10_000: 1, "bad\nname": 2}))
+    assert "'bad\\nname'" in err.value.reason and "(10000 characters)" in err.value.reason
+    assert len(err.value.reason) < 400
+
+
+def test_decode_raises_only_message_error_for_generated_input():
+    """Seeded mutations of every message kind and junk (the live fuzz test's generator)."""
+    from fuzz_messages import Generator
+
+    gen = Generator(seed=7)
+    accepted = 0
+    for _ in range(4000):
+        case = gen.next()
+        try:
+            m.decode(case.sent if case.sent is not None else case.body)
+            accepted += 1
+        except m.MessageError as exc:
+            assert exc.reason and "\n" not in exc.reason and len(exc.reason) < 600, exc.reason
+    assert 500 < accepted < 3000  # both kinds are well represented
