@@ -732,8 +732,10 @@ class Broker:
         view = reply.body.get("contracts") if reply.ok else None
         if not isinstance(view, list):
             return
-        theirs = {str(item[0]): str(item[1]) for item in view
-                  if isinstance(item, list) and len(item) == 2}
+        # only [id, state] pairs of strings count: the answer is the peer's, not ours to trust
+        theirs = {item[0]: item[1] for item in view
+                  if isinstance(item, list) and len(item) == 2
+                  and isinstance(item[0], str) and isinstance(item[1], str)}
         for action in rec.peer_view(self.store.contracts(open_only=True, peer=peer), peer,
                                     asked, theirs, frozenset(self.busy)):
             c = self.store.get(action.contract_id)

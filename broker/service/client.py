@@ -10,11 +10,15 @@ from typing import Any
 
 import aiohttp
 
-from broker.negotiation.messages import Message, encode
+from broker.negotiation.messages import Message, MessageError, encode, parse_json
 from broker.service.config import Peer
 from broker.service.tls import fingerprint_der
 
 log = logging.getLogger("broker.client")
+
+#: The largest answer read from a peer (an offer of thousands of hosts, or a heartbeat's
+#: answer listing every contract kept with us, fits many times over).
+MAX_REPLY = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,12 @@ class Reply:
 
     @property
     def error(self) -> str:
-        return str(self.body.get("error", "")) if not self.ok else ""
+        if self.ok:
+            return ""
+        text = self.body.get("error", "")
+        if not isinstance(text, str):
+            return f"HTTP {self.status}, without an error text"
+        return text[:500]
 
 
 class PinMismatch(aiohttp.ClientConnectionError):
@@ -87,17 +96,36 @@ class PeerClient:
                 data=encode(message),
                 headers={"Content-Type": "application/json"},
             ) as resp:
-                try:
-                    body = await resp.json(content_type=None)
-                except (ValueError, aiohttp.ContentTypeError):
-                    body = {"error": (await resp.text())[:300]}
-                if not isinstance(body, dict):
-                    body = {"error": "peer answered with something other than a JSON object"}
+                body = await _read_answer(resp)
+                reply = Reply(resp.status, body)
                 if resp.status >= 400:
                     log.warning("%s %s -> %s: %s", peer.name, message.TYPE, resp.status,
-                                body.get("error"))
-                return Reply(resp.status, body)
+                                reply.error)
+                return reply
         except (aiohttp.ClientError, asyncio.TimeoutError, ssl.SSLError, OSError) as exc:
             text = str(exc) or type(exc).__name__
             log.warning("%s unreachable for %s: %s", peer.name, message.TYPE, text)
             return Reply(0, {"error": f"peer {peer.name} unreachable: {text}"})
+
+
+async def _read_answer(resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    """The peer's JSON object, or ``{"error": ...}`` saying why its answer is not one (too
+    large, not UTF-8, not JSON, not an object); never raises for what the peer sent."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_REPLY:
+            return {"error": f"peer's answer is over {MAX_REPLY} bytes; not read"}
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    try:
+        body = parse_json(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return {"error": "peer's answer is not UTF-8"}
+    except MessageError as exc:
+        text = raw[:300].decode("utf-8", errors="replace")
+        return {"error": f"peer's answer is not JSON ({exc.reason}): {text}"}
+    if not isinstance(body, dict):
+        return {"error": "peer answered with something other than a JSON object"}
+    return body

@@ -7,6 +7,7 @@ complete example.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from broker.errors import ConfigError
 from broker.negotiation.messages import NAME_RE
 from broker.policy import DomainPolicy, load_policy, parse_policy
 from broker.service.addresses import AddressPool, PoolError
+from broker.service.ratelimit import RateLimit
 from broker.service.tls import TlsFiles
 
 FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -25,7 +27,7 @@ TOP_KEYS = {
     "domain", "site", "state_dir", "listen", "status_listen", "tls", "peers", "policy",
     "interval_s", "request_timeout_s", "offer_ttl_s", "needs", "scheduler", "lending",
     "executor", "probes", "vm_addresses", "node_down_grace_s", "peer_lost_timeout_s",
-    "contract_retention_days",
+    "contract_retention_days", "rate_limit",
 }
 
 
@@ -104,6 +106,9 @@ class BrokerConfig:
     node_down_grace_s: float = 20.0
     peer_lost_timeout_s: float = 120.0
     contract_retention_days: float = 30.0
+    # Requests each peer (each client certificate) may send: per second sustained, and at
+    # once after a quiet spell (docs/broker.md, "Rate limits").
+    rate_limit: RateLimit = field(default_factory=RateLimit)
 
     @property
     def db_path(self) -> Path:
@@ -114,6 +119,11 @@ class BrokerConfig:
             if peer.fingerprint == fingerprint:
                 return peer
         return None
+
+
+def _short(raw: Any) -> str:
+    text = repr(raw) if not isinstance(raw, int) or abs(raw) < 10**20 else "a huge integer"
+    return text if len(text) <= 60 else text[:60] + "..."
 
 
 def _account(r: "_Reader", raw: Any, path: str) -> str:
@@ -153,10 +163,28 @@ class _Reader:
             raise self.fail(path, f"got {raw!r}; expected a non-empty string")
         return raw
 
-    def number(self, raw: Any, path: str, minimum: float = 0.0) -> float:
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw <= minimum:
-            raise self.fail(path, f"got {raw!r}; expected a number > {minimum:g}")
+    def number(self, raw: Any, path: str, minimum: float = 0.0, maximum: float = 1e9) -> float:
+        # an int is compared as an int: float() of a huge one would raise OverflowError
+        if (isinstance(raw, bool) or not isinstance(raw, (int, float))
+                or (isinstance(raw, float) and not math.isfinite(raw))
+                or not minimum < raw <= maximum):
+            raise self.fail(path, f"got {_short(raw)}; expected a number > {minimum:g} "
+                                  f"and at most {maximum:g}")
         return float(raw)
+
+    def integer(self, raw: Any, path: str, minimum: int, maximum: int) -> int:
+        if isinstance(raw, bool) or not isinstance(raw, int) or not minimum <= raw <= maximum:
+            raise self.fail(path, f"got {_short(raw)}; expected an integer from {minimum} "
+                                  f"to {maximum}")
+        return raw
+
+    def rate_limit(self, raw: Any, path: str) -> RateLimit:
+        default = RateLimit()
+        obj = self.mapping(raw, path, {"per_s", "burst"})
+        return RateLimit(
+            per_s=self.number(obj.get("per_s", default.per_s), f"{path}.per_s", 0.0, 1e6),
+            burst=self.integer(obj.get("burst", default.burst), f"{path}.burst", 1, 1_000_000),
+        )
 
     def path(self, raw: Any, path: str) -> Path:
         p = Path(self.text(raw, path)).expanduser()
@@ -189,6 +217,9 @@ def load_config(path: Path | str) -> BrokerConfig:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    except ValueError:  # Python reads no integer of more than 4300 digits
+        raise ConfigError(f"{source}: a number in it has thousands of digits; no setting "
+                          "takes one that large") from None
     return parse_config(raw, source, path.parent)
 
 
@@ -327,4 +358,5 @@ def parse_config(raw: Any, source: str, base: Path) -> BrokerConfig:
         peer_lost_timeout_s=peer_lost,
         contract_retention_days=r.number(top.get("contract_retention_days", 30),
                                          "contract_retention_days"),
+        rate_limit=r.rate_limit(top.get("rate_limit", {}), "rate_limit"),
     )

@@ -144,3 +144,108 @@ def test_a_client_refuses_a_server_whose_pin_does_not_match(tmp_path, slurm_b):
     reply, count = asyncio.run(scenario())
     assert reply.status == 0 and "is pinned; refusing" in reply.error
     assert count == 0
+
+
+def _send(port, ctx, method, path, body=b"", headers=None):
+    async def go():
+        async with aiohttp.ClientSession(auto_decompress=False) as s, s.request(
+                method, f"https://127.0.0.1:{port}{path}", data=body, headers=headers or {},
+                ssl=ctx) as r:
+            return r.status, dict(r.headers), await r.json(content_type=None)
+    return go()
+
+
+def test_any_bad_input_is_a_4xx_that_names_it_never_a_5xx(lender):
+    """The issue: an integer too large for a float in sent_at or terms.lease_s was a 500."""
+    import gzip
+
+    pki, port, _conf = lender
+    good = json.loads(_request(mid="m-good"))
+
+    def with_(text: str) -> bytes:  # the request with sent_at written as ``text``
+        return json.dumps({**good, "sent_at": "@"}).replace('"@"', text).encode()
+
+    def lease(value) -> bytes:
+        return json.dumps({**good, "terms": {**good["terms"], "lease_s": value}}).encode()
+
+    async def steps(broker, post):
+        before = _unchanged(broker)
+        ctx = _ctx(pki.dir, "a")
+        cases = [
+            ("POST", "/v1/messages", with_("1" + "0" * 400), {}, 400, "malformed",
+             "request.sent_at: expected a number from 0 to 253402300799"),
+            ("POST", "/v1/messages", lease(10**400), {}, 400, "malformed",
+             ("request.terms.lease_s: expected a number from 0 to 10000000000 (seconds), "
+              "got an integer of 401 digits")),
+            ("POST", "/v1/messages", with_("NaN"), {}, 400, "malformed", "got NaN"),
+            ("POST", "/v1/messages", with_("-Infinity"), {}, 400, "malformed", "got -Infinity"),
+            ("POST", "/v1/messages", with_("9" * 5000), {}, 400, "malformed",
+             "thousands of digits"),
+            ("POST", "/v1/messages", b"[" * 60000, {}, 400, "malformed", "nested too deeply"),
+            ("POST", "/v1/messages", b'{"type":"request","type":"offer"}', {}, 400, "malformed",
+             "appears twice"),
+            ("POST", "/v1/messages", b"\xff" + _request(), {}, 400, "malformed", "not UTF-8"),
+            ("POST", "/v1/messages", b"not gzip", {"Content-Encoding": "gzip"}, 400, "bad_body",
+             "Can not decode content-encoding"),
+            ("POST", "/v1/messages", gzip.compress(b" " * 300_000), {"Content-Encoding": "gzip"},
+             413, "too_large", "the limit"),
+            ("GET", "/v1/messages", b"", {}, 405, "method_not_allowed", "use POST"),
+            ("DELETE", "/v1/messages", _request(), {}, 405, "method_not_allowed", "use POST"),
+            ("POST", "/v1/message", _request(), {}, 404, "not_found",
+             "peers POST messages to /v1/messages"),
+            ("POST", "/", _request(), {}, 404, "not_found", "no such path '/'"),
+        ]
+        for method, path, body, headers, status, code, words in cases:
+            got_status, _headers, got = await _send(port, ctx, method, path, body, headers)
+            assert (got_status, got["code"]) == (status, code), (path, body[:80], got)
+            assert words in got["error"], got
+            assert _unchanged(broker) == before
+        # the content type is not what makes a message: a valid one is accepted with any
+        status, _headers, got = await _send(port, ctx, "POST", "/v1/messages",
+                                            _request(mid="m-ct", cid="a-ct"),
+                                            {"Content-Type": "text/plain"})
+        assert status == 200 and got["reply"]["type"] in ("offer", "decline"), got
+        return True
+
+    assert _run(lender, steps)
+
+
+@pytest.fixture
+def lender_of_two(tmp_path, slurm_b):
+    """B with peers a and c, and a low rate limit: 5 at once, then one every 2 s."""
+    pki = make_pki(tmp_path / "pki")
+    port = free_port()
+    conf = write_config(tmp_path / "b.yml", "b", port, pki, {"a": free_port(), "c": free_port()},
+                        slurm_b, {"rate_limit": {"per_s": 0.5, "burst": 5}})
+    return pki, port, conf
+
+
+def test_a_flooding_peer_gets_429_while_another_peer_is_served(lender_of_two):
+    pki, port, conf = lender_of_two
+
+    def heartbeat(sender: str, i: int) -> bytes:
+        return m.encode(m.Heartbeat(id=f"m-{sender}{i}", sender=sender, recipient="b",
+                                    sent_at=1.0))
+
+    async def scenario():
+        broker = build(load_config(conf))
+        async with api(broker):
+            a, c = _ctx(pki.dir, "a"), _ctx(pki.dir, "c")
+            flood = await asyncio.gather(*(_send(port, a, "POST", "/v1/messages",
+                                                 heartbeat("a", i)) for i in range(30)))
+            calm = [await _send(port, c, "POST", "/v1/messages", heartbeat("c", i))
+                    for i in range(3)]
+            elsewhere = await _send(port, a, "GET", "/v1/other")  # any path counts
+            return flood, calm, elsewhere, broker.store.message_count()
+
+    flood, calm, elsewhere, remembered = asyncio.run(scenario())
+    assert elsewhere[0] == 429 and elsewhere[2]["code"] == "rate_limited"
+    statuses = sorted(status for status, _h, _b in flood)
+    assert statuses.count(200) == 5 and statuses.count(429) == 25, statuses
+    for status, headers, body in flood:
+        if status == 429:
+            assert body["code"] == "rate_limited" and int(headers["Retry-After"]) >= 1
+            assert "too many requests from peer a: the limit is 0.5 a second (bursts of 5)" \
+                in body["error"]
+    assert [status for status, _h, _b in calm] == [200, 200, 200]
+    assert remembered == 5 + 3  # a refused request is not read, let alone stored

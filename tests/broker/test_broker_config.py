@@ -8,6 +8,7 @@ import yaml
 from broker.cli import main
 from broker.errors import ConfigError
 from broker.service.config import load_config
+from broker.service.ratelimit import RateLimit
 from broker_harness import make_pki
 
 
@@ -80,6 +81,18 @@ def test_the_reconciliation_settings_are_read(tmp_path, base):
          "peer_lost_timeout_s: got 20; expected at least 3 x interval_s (30)"),
         (lambda c: c.update(vm_addresses={"pool": "ten"}),
          "vm_addresses.pool: got 'ten'; expected an IPv4 network"),
+        (lambda c: c.update(rate_limit={"per_s": 0}), "rate_limit.per_s: got 0; expected a number > 0"),
+        (lambda c: c.update(rate_limit={"per_s": float("nan")}), "rate_limit.per_s: got nan"),
+        (lambda c: c.update(rate_limit={"per_s": 10**400}), "rate_limit.per_s: got a huge integer"),
+        (lambda c: c.update(rate_limit={"burst": 0}),
+         "rate_limit.burst: got 0; expected an integer from 1 to 1000000"),
+        (lambda c: c.update(rate_limit={"burst": 2.5}), "rate_limit.burst: got 2.5"),
+        (lambda c: c.update(rate_limit={"per_second": 5}), "rate_limit: unknown key(s) per_second"),
+        (lambda c: c.update(rate_limit=10), "rate_limit: expected a mapping"),
+        (lambda c: c.update(interval_s=float("inf")),
+         "interval_s: got inf; expected a number > 0 and at most 1e+09"),
+        (lambda c: c.update(interval_s=float("nan")), "interval_s: got nan"),
+        (lambda c: c.update(offer_ttl_s=10**400), "offer_ttl_s: got a huge integer"),
     ],
 )
 def test_mistakes_are_named(tmp_path, base, change, words):
@@ -87,6 +100,20 @@ def test_mistakes_are_named(tmp_path, base, change, words):
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, base))
     assert words in str(err.value)
+
+
+def test_the_rate_limit_is_read_with_defaults(tmp_path, base):
+    assert load_config(_write(tmp_path, base)).rate_limit == RateLimit(per_s=20.0, burst=100)
+    base["rate_limit"] = {"per_s": 0.5}
+    assert load_config(_write(tmp_path, base)).rate_limit == RateLimit(per_s=0.5, burst=100)
+    base["rate_limit"] = {"per_s": 5, "burst": 20}
+    assert load_config(_write(tmp_path, base)).rate_limit == RateLimit(per_s=5.0, burst=20)
+
+
+def test_a_number_of_thousands_of_digits_is_named(tmp_path, base):
+    text = yaml.safe_dump(base) + "interval_s: " + "9" * 5000 + "\n"
+    with pytest.raises(ConfigError, match="a number in it has thousands of digits"):
+        load_config(_write(tmp_path, text))
 
 
 def test_a_vm_address_pool_is_read(tmp_path, base):
