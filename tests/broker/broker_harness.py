@@ -1,9 +1,14 @@
-"""Certificates, configs and stand-in playbooks for broker tests."""
+"""Certificates, configs, stand-in playbooks and broker processes for broker tests."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,10 +16,13 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from broker.negotiation.contracts import ContractState
 from broker.service.api import peer_app
+from broker.service.store import Store
 from broker.service.tls import KeyPair, fingerprint_pem, make_ca, make_domain_cert, server_context
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
 
 
 def free_port() -> int:
@@ -132,3 +140,92 @@ async def api(broker):
     finally:
         await runner.cleanup()
         await broker.client.close()
+
+
+class BrokerProcess:
+    """A broker run as a real ``viocluster broker run`` process in a session of its own."""
+
+    def __init__(self, name: str, conf: Path, port: int, log: Path) -> None:
+        self.name, self.conf, self.port, self.log = name, conf, port, log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.db = conf.parent / f"state-{name}" / "contracts.db"
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "broker.cli", "broker", "run", "--config", str(self.conf)],
+                cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"broker {self.name} did not listen: {self.log.read_text()[-3000:]}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+
+    def contracts(self):
+        store = Store(self.db)
+        try:
+            return store.contracts()
+        finally:
+            store.close()
+
+    def store_history(self, cid: str) -> str:
+        """Every transition's reason of one contract, one a line."""
+        store = Store(self.db)
+        try:
+            return "\n".join(f"{t.to_state.value}: {t.reason}" for t in store.history(cid))
+        finally:
+            store.close()
+
+    def refusals(self):
+        store = Store(self.db)
+        try:
+            return store.refusals()
+        finally:
+            store.close()
+
+    def wait_state(self, state: ContractState, timeout: float = 120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.db.exists():
+                found = [c for c in self.contracts() if c.state is state]
+                if found:
+                    return found[-1]
+            time.sleep(0.1)
+        raise AssertionError(f"{self.name}: no contract {state.value} in {timeout} s; "
+                             f"have {[(c.id, c.state.value, c.reason) for c in self.contracts()]}\n"
+                             f"{self.log.read_text()[-4000:]}")
+
+    def wait_contract(self, cid: str, state: ContractState, timeout: float = 120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for c in self.contracts():
+                if c.id == cid and c.state is state:
+                    return c
+            time.sleep(0.1)
+        got = [(c.state.value, c.reason) for c in self.contracts() if c.id == cid]
+        raise AssertionError(f"{self.name}: {cid} not {state.value} in {timeout} s: {got}\n"
+                             f"{self.log.read_text()[-4000:]}")

@@ -132,10 +132,12 @@ class Generator:
         return rng.choice(("a-c0", "b-c1", "x", "a-" + "q" * 61, "n1"))
 
     def _not_agreed(self, fresh: float) -> str:
-        """A contract id, seldom one of an agreement (so most agreements progress a while
-        before a return or a 'closed' ends them)."""
+        """A contract id, seldom one on offer or agreed (so that offers live until an accept
+        comes, and most agreements progress a while before a return or 'closed' ends them)."""
         cid = self._contract_id(fresh)
         if cid in self.know.agreed and self.rng.random() < 0.95:
+            return self._fresh("a-c")
+        if cid in self.know.offered and self.know.accepts_left > 0 and self.rng.random() < 0.8:
             return self._fresh("a-c")
         return cid
 
@@ -171,7 +173,7 @@ class Generator:
             msg = m.Offer(**env, contract_id=self._contract_id(), hosts=hosts,
                           terms=m.Terms(**terms))
         elif kind == "accept":
-            if self.know.offered and self.know.accepts_left > 0 and rng.random() < 0.2:
+            if self.know.offered and self.know.accepts_left > 0 and rng.random() < 0.5:
                 cid = rng.choice(sorted(self.know.offered))
                 self.know.accepts_left -= 1
                 msg = m.Accept(**env, contract_id=cid, hosts=self.know.offered[cid])
