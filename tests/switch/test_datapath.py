@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
+from collections import Counter
 
 import pytest
 
@@ -32,7 +34,7 @@ MAC_P2 = bytes.fromhex("020000000022")
 class Rig:
     """An engine on loopback with two peers, each a plain UDP socket of the test."""
 
-    def __init__(self, cipher: str) -> None:
+    def __init__(self, cipher: str, start: bool = True) -> None:
         self.cipher = cipher
         self.tap, engine_tap = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.engine_tap = engine_tap
@@ -46,7 +48,8 @@ class Rig:
         os.set_blocking(engine_tap.fileno(), False)
         self.engine = self.switch.attach(engine_tap.fileno(), self.sock.fileno())
         self.thread = threading.Thread(target=self.engine.run, daemon=True)
-        self.thread.start()
+        if start:
+            self.thread.start()
         self.tap.settimeout(2)
 
     @staticmethod
@@ -68,7 +71,8 @@ class Rig:
 
     def close(self) -> None:
         self.engine.stop()
-        self.thread.join(5)
+        if self.thread.ident is not None:
+            self.thread.join(5)
         for s in (self.tap, self.engine_tap, self.sock, self.p1, self.p2, self.stranger):
             s.close()
 
@@ -205,3 +209,49 @@ def test_frames_of_every_size_cross_both_ways(rig, size):
     back = build_frame(MAC_LOCAL, MAC_P2, 0x88B5, os.urandom(size))
     rig.p2.sendto(bytes(rig.sealer(22).seal(back)), rig.addr)
     assert rig.tap.recv(70000) == back
+
+
+def test_a_queued_burst_is_read_whole_good_frames_in_order_bad_ones_counted():
+    """More datagrams than one read of the engine takes (recvmmsg, 16), queued before it runs,
+    good and bad mixed, small and large: every good frame reaches the TAP once and in order,
+    every bad datagram is counted under its reason."""
+    rig = Rig("aes-256-gcm", start=False)
+    try:
+        rig.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        rig.engine_tap.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        sealer = rig.sealer(11)
+        frames: list[bytes] = []
+        expected: Counter = Counter()
+        sent = 0
+        for i in range(100):
+            size = {37: 9000, 71: 60000}.get(i, 100 + i)
+            frame = build_frame(MAC_LOCAL, MAC_P1, 0x88B5, i.to_bytes(2, "big") + os.urandom(size))
+            good = bytes(sealer.seal(frame))
+            burst = [(rig.p1, good)]
+            frames.append(frame)
+            if i % 3 == 0:
+                burst.append((rig.p1, good))
+                expected["replay"] += 1
+            if i % 5 == 0:
+                burst.append((rig.p1, good[:30]))
+                expected["short"] += 1
+            if i % 7 == 0:
+                burst.append((rig.p1, HEADER.pack(1, 1, 0, NET, 11, 10**12 + i) + os.urandom(size)))
+                expected["auth"] += 1
+            if i % 11 == 0:
+                burst.append((rig.stranger, bytes(rig.sealer(11, 10**13 + i).seal(frame))))
+                expected["not_peer"] += 1
+            for sock, datagram in burst:
+                sock.sendto(datagram, rig.addr)
+                sent += 1
+        rig.thread.start()
+        assert [rig.tap.recv(70000) for _ in frames] == frames
+        deadline = time.monotonic() + 5
+        while rig.stats()["rx_datagrams"] < sent and time.monotonic() < deadline:
+            time.sleep(0.01)
+        s = rig.stats()
+        assert (s["rx_datagrams"], s["tap_tx_frames"]) == (sent, len(frames))
+        assert {k: v for k, v in s["drops"].items() if v} == expected
+        assert nothing_on(rig.tap)
+    finally:
+        rig.close()
