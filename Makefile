@@ -6,7 +6,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 OUT ?= out
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-down simulate test lint bench-sim bench-switch bench-vm bench-trade bench-converge bench-faults lab-up lab-down clean help
+.PHONY: setup demo demo-down simulate test lint bench-sim bench-switch bench-switch-attack bench-vm bench-trade bench-converge bench-faults lab-up lab-down clean help
 
 help:
 	@echo "make demo   set up, then run the main job: two lab domains trade a machine"
@@ -16,6 +16,7 @@ help:
 	@echo "make lint   ansible-lint (production profile) and yamllint"
 	@echo "make bench-sim     simulator benchmark on the real traces"
 	@echo "make bench-switch  switch daemon against the peer overlays"
+	@echo "make bench-switch-attack  switch daemon's real traffic with and without an attack"
 	@echo "make bench-vm      COW VM boot and kill times"
 	@echo "make bench-trade   the live trade between the lab domains, 3 rounds"
 	@echo "make bench-converge  site.yml on the lab: first and no-change converge"
@@ -43,6 +44,9 @@ bench-sim: setup
 
 bench-switch: setup
 	python bench/bench_switch.py
+
+bench-switch-attack: setup
+	python bench/bench_switch_attack.py --closed-port
 
 bench-vm: setup
 	python bench/bench_vm.py
