@@ -47,10 +47,15 @@ def _error(status: int, reason: str, code: str) -> web.Response:
     return web.json_response({"error": reason, "code": code}, status=status)
 
 
-def _fingerprint(request: web.Request) -> str | None:
-    """The pin of the client's certificate, or None if it showed none."""
+def _client_der(request: web.Request) -> bytes | None:
     sslobj = request.transport.get_extra_info("ssl_object") if request.transport else None
     der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+    return der or None
+
+
+def _fingerprint(request: web.Request) -> str | None:
+    """The pin of the client's certificate, or None if it showed none."""
+    der = _client_der(request)
     return fingerprint_der(der) if der else None
 
 
@@ -200,6 +205,9 @@ def peer_app(broker: Broker, clock: Callable[[], float] | None = None) -> web.Ap
         if message.sender != peer.name:
             return reject(403, f"sender {message.sender!r} does not match the certificate "
                                f"of peer {peer.name!r}", "sender_mismatch")
+        der = _client_der(request)
+        if der is not None:
+            broker.certs.seen(peer.name, der)
         if message.recipient != broker.config.domain:
             return reject(400, f"recipient {message.recipient!r}: this is the broker of "
                                f"{broker.config.domain!r}", "wrong_recipient")

@@ -49,6 +49,7 @@ from broker.policy.reclamation import Mode
 from broker.provisioning import Executor
 from broker.scheduler import SchedulerAdapter, SchedulerError, Snapshot
 from broker.service import reconcile as rec
+from broker.service.certwatch import CertWatch
 from broker.service.client import PeerClient, Reply
 from broker.service.config import BrokerConfig, LendingHost
 from broker.service.metrics import Metrics
@@ -138,6 +139,9 @@ class Broker:
         self.peer_heard: dict[str, float] = {}
         self.started_at = clock()
         self.unhealthy_since: dict[str, float] = {}  # borrowed node -> first seen down
+        self.certs = CertWatch(config, self.metrics, clock)
+        if getattr(client, "seen", False) is None:
+            client.seen = self.certs.seen
         self.vm_missing_since: dict[str, float] = {}  # lent VM -> first seen missing
         self.last_compacted: float | None = None
         self.repairs: list[str] = []
@@ -912,6 +916,8 @@ async def serve(broker: Broker, stop: asyncio.Event, server_ssl: Any) -> None:
                 return
             except asyncio.TimeoutError:
                 pass
+    broker.certs.load()
+    broker.certs.check()
     runners = []
     peer_runner = web.AppRunner(peer_app(broker), access_log=None)
     await peer_runner.setup()
@@ -928,6 +934,8 @@ async def serve(broker: Broker, stop: asyncio.Event, server_ssl: Any) -> None:
              broker.config.listen.port)
     try:
         while not stop.is_set():
+            if broker.certs.due():
+                broker.certs.check()
             try:
                 await broker.tick()
             except Exception as exc:  # keep serving: one bad interval is logged, not fatal

@@ -30,11 +30,27 @@ def register(subparsers: Any) -> None:
     check.add_argument("--config", required=True, type=Path)
     check.set_defaults(func=_check)
 
-    certs = verbs.add_parser("certs", help="make the deployment CA and per-domain certificates")
-    certs.add_argument("--dir", required=True, type=Path, help="where ca.crt/ca.key and DOMAIN.crt/.key go")
+    certs = verbs.add_parser(
+        "certs", help="make the CA(s) and per-domain certificates, or renew a certificate",
+        description="Makes what is missing and keeps what exists. By default one deployment CA "
+                    "(ca.crt, ca.key) signs every domain; with --own-ca each domain gets a CA of "
+                    "its own (DOMAIN-ca.crt, DOMAIN-ca.key) and no other domain's file is read "
+                    "or written. Prints NAME<TAB>FINGERPRINT<TAB>created|kept|renewed (renewed "
+                    "adds <TAB>OLD-FINGERPRINT).")
+    certs.add_argument("--dir", required=True, type=Path,
+                       help="where ca.crt/ca.key (or DOMAIN-ca.crt/.key) and DOMAIN.crt/.key go")
     certs.add_argument("--domain", action="append", default=[], metavar="NAME[=HOST,...]",
                        help="a domain and the names/addresses its broker is reached at")
-    certs.add_argument("--deployment", default="viocluster", help="name of the CA")
+    certs.add_argument("--deployment", default="viocluster", help="name of the deployment CA")
+    certs.add_argument("--own-ca", action="store_true",
+                       help="sign each domain with a CA of its own, DOMAIN-ca.crt (made if missing)")
+    certs.add_argument("--renew", action="append", default=[], metavar="NAME[=HOST,...]",
+                       help="issue a new certificate for an existing domain, with the same key, "
+                            "from the CA that signed it (from DOMAIN-ca.crt with --own-ca); "
+                            "host names default to the old certificate's")
+    certs.add_argument("--days", type=int, default=None, metavar="N",
+                       help="validity of what is made (default 825; a certificate never "
+                            "outlives its CA)")
     certs.set_defaults(func=_certs)
 
     status = subparsers.add_parser("status", help="domains, demand, lent and borrowed nodes, contracts")
@@ -67,26 +83,65 @@ def _run(args: argparse.Namespace) -> int:
 
 def _certs(args: argparse.Namespace) -> int:
     from broker.negotiation.messages import NAME_RE
-    from broker.service.tls import KeyPair, fingerprint_pem, make_ca, make_domain_cert
+    from broker.service.tls import (
+        VALID_DAYS, KeyPair, alt_names, fingerprint_pem, issued_by, make_ca, make_domain_cert,
+        write_atomic,
+    )
 
-    if not args.domain:
-        raise UserError("name at least one --domain NAME[=HOST,...]")
-    args.dir.mkdir(parents=True, exist_ok=True)
-    ca_crt, ca_key = args.dir / "ca.crt", args.dir / "ca.key"
-    if ca_crt.exists() and ca_key.exists():
-        ca = KeyPair(ca_crt.read_bytes(), ca_key.read_bytes())
-    else:
-        ca = make_ca(args.deployment)
-        ca.write(ca_crt, ca_key)
-    for spec in args.domain:
-        name, _, hosts = spec.partition("=")
+    if not args.domain and not args.renew:
+        raise UserError("name at least one --domain NAME[=HOST,...] or --renew NAME")
+    days = VALID_DAYS if args.days is None else args.days
+    if not 1 <= days <= 36500:
+        raise UserError(f"--days {days}: give a number of days from 1 to 36500")
+    specs = [(spec, False) for spec in args.domain] + [(spec, True) for spec in args.renew]
+    for spec, _renew in specs:
+        name = spec.partition("=")[0]
         if not NAME_RE.match(name):
             raise UserError(f"--domain {spec!r}: the name must be letters, digits, '.', '_', '-'")
+        if name == "ca" or name.endswith("-ca"):
+            raise UserError(f"--domain {spec!r}: a domain name must not be 'ca' or end in '-ca' "
+                            "(the CA files are named so)")
+    args.dir.mkdir(parents=True, exist_ok=True)
+
+    def ca_of(name: str) -> KeyPair:
+        stem = f"{name}-ca" if args.own_ca else "ca"
+        crt, key = args.dir / f"{stem}.crt", args.dir / f"{stem}.key"
+        if crt.exists() and key.exists():
+            return KeyPair(crt.read_bytes(), key.read_bytes())
+        made = make_ca(name if args.own_ca else args.deployment, days)
+        made.write(crt, key)
+        return made
+
+    for spec, renew in specs:
+        name, _, hosts = spec.partition("=")
+        names = [h for h in hosts.split(",") if h]
         crt, key = args.dir / f"{name}.crt", args.dir / f"{name}.key"
+        if renew:
+            if not (crt.exists() and key.exists()):
+                raise UserError(f"--renew {name}: {crt} and {key} must exist; make them with "
+                                f"--domain {name} first")
+            old = crt.read_bytes()
+            if args.own_ca:
+                ca = ca_of(name)
+            else:
+                candidates = [args.dir / f"{name}-ca", args.dir / "ca"]
+                found = [c for c in candidates if c.with_suffix(".crt").exists()
+                         and c.with_suffix(".key").exists()
+                         and issued_by(old, c.with_suffix(".crt").read_bytes())]
+                if not found:
+                    raise UserError(f"--renew {name}: neither {name}-ca.crt nor ca.crt (with its "
+                                    f"key) in {args.dir} signed {crt}; give --own-ca to sign it "
+                                    "with a new CA of the domain's own")
+                ca = KeyPair(found[0].with_suffix(".crt").read_bytes(),
+                             found[0].with_suffix(".key").read_bytes())
+            new = make_domain_cert(ca, name, names or alt_names(old), days, key.read_bytes())
+            write_atomic(crt, new.cert_pem)
+            print(f"{name}\t{fingerprint_pem(new.cert_pem)}\trenewed\t{fingerprint_pem(old)}")
+            continue
         made = "kept"
         if not (crt.exists() and key.exists()):
-            names = [h for h in hosts.split(",") if h] or ["localhost", "127.0.0.1"]
-            make_domain_cert(ca, name, names).write(crt, key)
+            make_domain_cert(ca_of(name), name, names or ["localhost", "127.0.0.1"],
+                             days).write(crt, key)
             made = "created"
         print(f"{name}\t{fingerprint_pem(crt.read_bytes())}\t{made}")
     return 0

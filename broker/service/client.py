@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,9 +48,11 @@ class PinMismatch(aiohttp.ClientConnectionError):
 class PinnedConnector(aiohttp.TCPConnector):
     """A connector that, after each TLS handshake, checks the server's certificate pin."""
 
-    def __init__(self, peer: Peer, **kwargs: Any) -> None:
+    def __init__(self, peer: Peer, seen: Callable[[str, bytes], None] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._peer = peer
+        self._seen = seen
 
     async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:
         proto = await super()._create_connection(req, traces, timeout)
@@ -57,32 +60,57 @@ class PinnedConnector(aiohttp.TCPConnector):
         sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
         der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
         got = fingerprint_der(der) if der else "none"
-        if got != self._peer.fingerprint:
+        if got not in self._peer.pins:
             proto.close()
             raise PinMismatch(
                 f"peer {self._peer.name} presented certificate {got}, but "
-                f"{self._peer.fingerprint} is pinned; refusing to talk to it"
+                f"{' or '.join(self._peer.pins)} is pinned; refusing to talk to it"
             )
+        if self._seen is not None and der:
+            self._seen(self._peer.name, der)
         return proto
 
 
 class PeerClient:
-    def __init__(self, ssl_context: ssl.SSLContext, timeout: float = 5.0) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext, timeout: float = 5.0,
+                 seen: Callable[[str, bytes], None] | None = None) -> None:
         self.ssl_context = ssl_context
         self.timeout = timeout
+        self.seen = seen  # called with the peer's name and its certificate after a pin check
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
 
     async def _get_session(self, peer: Peer) -> aiohttp.ClientSession:
         session = self._sessions.get(peer.name)
         if session is None or session.closed:
             session = aiohttp.ClientSession(
-                connector=PinnedConnector(peer, ssl=self.ssl_context, limit_per_host=4),
+                connector=PinnedConnector(peer, self.seen, ssl=self.ssl_context, limit_per_host=4),
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             )
             self._sessions[peer.name] = session
         return session
 
+    def renew(self) -> None:
+        """After a reload (new certificate, pins or CAs): the next calls open new connections
+        with them; calls in flight finish on the old sessions, closed after the timeout."""
+        old, self._sessions = list(self._sessions.values()), {}
+
+        async def close_later() -> None:
+            try:
+                await asyncio.sleep(self.timeout + 1)
+            finally:
+                for session in old:
+                    await session.close()
+
+        if old:
+            task = asyncio.get_running_loop().create_task(close_later())
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
     async def close(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         for session in self._sessions.values():
             await session.close()
         self._sessions.clear()

@@ -41,7 +41,15 @@ class Listen:
 class Peer:
     name: str
     url: str
-    fingerprint: str
+    fingerprint: str  # the first pin
+    # every pin, the first included: during a renewal a peer lists the old certificate's and
+    # the new one's; empty means (fingerprint,)
+    fingerprints: tuple[str, ...] = ()
+    ca: Path | None = None  # the peer's own CA, when it is not ours (tls.ca)
+
+    @property
+    def pins(self) -> tuple[str, ...]:
+        return self.fingerprints or (self.fingerprint,)
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,9 @@ class BrokerConfig:
     # Requests each peer (each client certificate) may send: per second sustained, and at
     # once after a quiet spell (docs/broker.md, "Rate limits").
     rate_limit: RateLimit = field(default_factory=RateLimit)
+    # A certificate (ours, a peer's, a CA) expiring within this many days is logged as a
+    # warning at start and once a day (tls.expiry_warning_days).
+    cert_warn_days: float = 30.0
 
     @property
     def db_path(self) -> Path:
@@ -116,7 +127,7 @@ class BrokerConfig:
 
     def peer_by_fingerprint(self, fingerprint: str) -> Peer | None:
         for peer in self.peers.values():
-            if peer.fingerprint == fingerprint:
+            if fingerprint in peer.pins:
                 return peer
         return None
 
@@ -228,8 +239,10 @@ def parse_config(raw: Any, source: str, base: Path) -> BrokerConfig:
     top = r.mapping(raw, "(top)", TOP_KEYS, {"domain", "state_dir", "listen", "tls", "peers"})
     domain = r.name(top["domain"], "domain")
 
-    tls_raw = r.mapping(top["tls"], "tls", {"cert", "key", "ca"}, {"cert", "key", "ca"})
-    tls = TlsFiles(*(r.path(tls_raw[k], f"tls.{k}") for k in ("cert", "key", "ca")))
+    tls_raw = r.mapping(top["tls"], "tls", {"cert", "key", "ca", "expiry_warning_days"},
+                        {"cert", "key", "ca"})
+    cert_warn_days = r.number(tls_raw.get("expiry_warning_days", 30), "tls.expiry_warning_days",
+                              0.0, 3650)
 
     peers: dict[str, Peer] = {}
     peers_raw = r.mapping(top["peers"], "peers", set(top["peers"]) if isinstance(top["peers"], dict) else set())
@@ -238,21 +251,32 @@ def parse_config(raw: Any, source: str, base: Path) -> BrokerConfig:
         r.name(name, where)
         if name == domain:
             raise r.fail(where, "a broker cannot be its own peer")
-        obj = r.mapping(value, where, {"url", "fingerprint"}, {"url", "fingerprint"})
+        obj = r.mapping(value, where, {"url", "fingerprint", "ca"}, {"url", "fingerprint"})
         url = r.text(obj["url"], f"{where}.url")
         if not url.startswith("https://"):
             raise r.fail(f"{where}.url", f"got {url!r}; peers are reached over https://")
-        fp = obj["fingerprint"]
-        if not isinstance(fp, str) or not FINGERPRINT_RE.match(fp):
-            raise r.fail(
-                f"{where}.fingerprint",
-                f"got {fp!r}; expected 'sha256:' and 64 lower-case hex digits "
-                "(`viocluster broker certs` prints it)",
-            )
-        peers[name] = Peer(name, url.rstrip("/"), fp)
-    fps = [p.fingerprint for p in peers.values()]
+        raw_fps = obj["fingerprint"]
+        listed = raw_fps if isinstance(raw_fps, list) and raw_fps else [raw_fps]
+        for i, fp in enumerate(listed):
+            if not isinstance(fp, str) or not FINGERPRINT_RE.match(fp):
+                at = f"{where}.fingerprint" + (f"[{i}]" if isinstance(raw_fps, list) else "")
+                raise r.fail(
+                    at,
+                    f"got {_short(fp)}; expected 'sha256:' and 64 lower-case hex digits, or a "
+                    "list of them (`viocluster broker certs` prints it)",
+                )
+        if len(set(listed)) != len(listed):
+            raise r.fail(f"{where}.fingerprint", "a fingerprint is listed twice")
+        ca = r.path(obj["ca"], f"{where}.ca") if "ca" in obj else None
+        peers[name] = Peer(name, url.rstrip("/"), listed[0], tuple(listed), ca)
+    fps = [fp for p in peers.values() for fp in p.pins]
     if len(set(fps)) != len(fps):
         raise r.fail("peers", "two peers are pinned to the same certificate")
+    own_ca = r.path(tls_raw["ca"], "tls.ca")
+    with_ca = [p for p in peers.values() if p.ca is not None and p.ca != own_ca]
+    tls = TlsFiles(r.path(tls_raw["cert"], "tls.cert"), r.path(tls_raw["key"], "tls.key"), own_ca,
+                   tuple(p.ca for p in with_ca if p.ca is not None),
+                   tuple(f"peers.{p.name}.ca" for p in with_ca))
 
     policy_raw = top.get("policy")
     if policy_raw is None:
@@ -359,4 +383,5 @@ def parse_config(raw: Any, source: str, base: Path) -> BrokerConfig:
         contract_retention_days=r.number(top.get("contract_retention_days", 30),
                                          "contract_retention_days"),
         rate_limit=r.rate_limit(top.get("rate_limit", {}), "rate_limit"),
+        cert_warn_days=cert_warn_days,
     )

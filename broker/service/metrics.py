@@ -42,6 +42,12 @@ class Metrics:
         )
         self.repairs = Counter("viocluster_reconcile_repairs_total", "Repairs made by kind",
                                ["kind"], registry=self.registry)
+        self.cert_expiry = Gauge(
+            "viocluster_certificate_expiry_timestamp_seconds",
+            "When a certificate ends (seconds since the epoch): ours (own), our CA (own_ca), "
+            "a peer's last seen in a handshake (peer), a peer's CA (peer_ca)",
+            ["domain", "kind"], registry=self.registry,
+        )
         self.info = Gauge("viocluster_broker_info", "Broker identity", ["domain"],
                           registry=self.registry)
         self.info.labels(**labels).set(1)

@@ -35,10 +35,49 @@ def free_port() -> int:
 class Pki:
     dir: Path
     fingerprints: dict[str, str]
+    own_cas: bool = False  # each domain has its own CA, DOMAIN-ca.crt
+
+    def ca(self, domain: str) -> str:
+        return str(self.dir / (f"{domain}-ca.crt" if self.own_cas else "ca.crt"))
 
     def files(self, domain: str) -> dict[str, str]:
         return {"cert": str(self.dir / f"{domain}.crt"), "key": str(self.dir / f"{domain}.key"),
-                "ca": str(self.dir / "ca.crt")}
+                "ca": self.ca(domain)}
+
+    def peer(self, name: str, port: int) -> dict[str, Any]:
+        """A peer's entry in a broker config: URL, pin and, with own CAs, its CA."""
+        entry: dict[str, Any] = {"url": f"https://127.0.0.1:{port}",
+                                 "fingerprint": self.fingerprints[name]}
+        if self.own_cas:
+            entry["ca"] = self.ca(name)
+        return entry
+
+
+def make_own_ca_pki(dir: Path, domains: tuple[str, ...] = ("a", "b")) -> Pki:
+    """Each domain makes its own CA and certificate with `viocluster broker certs --own-ca`,
+    each in a directory of its own (no domain sees another's keys); the public CA certificates
+    and the certificates are then gathered in ``dir``, as peers would exchange them."""
+    import contextlib
+    import io
+    import shutil
+
+    from broker.cli import main
+
+    dir.mkdir(parents=True, exist_ok=True)
+    fps = {}
+    for d in domains:
+        own = dir.parent / f"{dir.name}-{d}"
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(["broker", "certs", "--dir", str(own), "--own-ca",
+                         "--domain", f"{d}=127.0.0.1,localhost"]) == 0
+        name, fps[d], made = out.getvalue().strip().split("\t")
+        assert (name, made) == (d, "created")
+        assert sorted(f.name for f in own.iterdir()) == sorted(
+            [f"{d}.crt", f"{d}.key", f"{d}-ca.crt", f"{d}-ca.key"])
+        for f in (f"{d}.crt", f"{d}.key", f"{d}-ca.crt"):
+            shutil.copy2(own / f, dir / f)
+    return Pki(dir, fps, own_cas=True)
 
 
 def make_pki(dir: Path, domains: tuple[str, ...] = ("a", "b", "c")) -> Pki:
@@ -74,10 +113,7 @@ def write_config(
         "state_dir": str(path.parent / f"state-{domain}"),
         "listen": {"host": "127.0.0.1", "port": port},
         "tls": pki.files(domain),
-        "peers": {
-            name: {"url": f"https://127.0.0.1:{p}", "fingerprint": pki.fingerprints[name]}
-            for name, p in peers.items()
-        },
+        "peers": {name: pki.peer(name, p) for name, p in peers.items()},
         "interval_s": 1,
         "request_timeout_s": 20,
         "scheduler": {
