@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
+import ssl
+from pathlib import Path
 
 from broker.provisioning import Executor
 from broker.scheduler import make_adapter
 from broker.service.broker import Broker, serve
 from broker.service.client import PeerClient
-from broker.service.config import BrokerConfig
+from broker.errors import UserError
+from broker.service.config import BrokerConfig, load_config
 from broker.service.metrics import Metrics
 from broker.service.probes import CommandProbe
 from broker.service.store import Store
-from broker.service.tls import client_context, server_context
+from broker.service.tls import client_context, fingerprint_pem, load_into, server_context
 
 log = logging.getLogger("broker")
 
@@ -37,6 +41,44 @@ def build(config: BrokerConfig) -> Broker:
     )
 
 
+def reload_tls(broker: Broker, server_ssl: ssl.SSLContext) -> bool:
+    """SIGHUP: read the config again and take its TLS files, CAs and pins, without a restart.
+
+    Connections and contracts stay; new handshakes use the new certificate, and each peer is
+    checked against its new pins. Everything is checked before anything changes: on a
+    mistake the broker logs it and keeps what it had. Only ``tls`` and the peers' ``url``,
+    ``fingerprint`` and ``ca`` are taken; other changes (a peer added or removed included)
+    need a restart. A CA loaded once stays a trust anchor until the restart (pins still decide).
+    """
+    old = broker.config
+    try:
+        new = load_config(Path(old.source))
+        new.tls.check(new.source)
+        server_context(new.tls, new.source)  # both load, or nothing is touched
+        client_context(new.tls, new.source)
+        if new.domain != old.domain:
+            raise UserError(f"{new.source}: domain is {new.domain!r}, the running broker is "
+                            f"{old.domain!r}; restart to change it")
+    except UserError as exc:
+        log.error("reload refused, the running certificate and pins stay: %s", exc)
+        return False
+    if set(new.peers) != set(old.peers):
+        log.warning("reload: peers added or removed (%s -> %s) take effect at the next restart",
+                    ",".join(sorted(old.peers)), ",".join(sorted(new.peers)))
+    peers = {name: new.peers.get(name, peer) for name, peer in old.peers.items()}
+    load_into(server_ssl, new.tls, new.source)
+    load_into(broker.client.ssl_context, new.tls, new.source)
+    broker.config = dataclasses.replace(old, tls=new.tls, peers=peers,
+                                        cert_warn_days=new.cert_warn_days)
+    broker.client.renew()
+    broker.certs.load(broker.config)
+    broker.certs.check()
+    log.info("reloaded TLS: certificate %s; pins %s",
+             fingerprint_pem(new.tls.cert.read_bytes()),
+             "; ".join(f"{p.name}={','.join(p.pins)}" for p in peers.values()))
+    return True
+
+
 def run(config: BrokerConfig) -> int:
     """The ``viocluster broker run`` service loop."""
     broker = build(config)
@@ -47,6 +89,7 @@ def run(config: BrokerConfig) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reload_tls, broker, server_ssl)
         await serve(broker, stop, server_ssl)
         await broker.drain()
 

@@ -284,3 +284,135 @@ def test_expiry_gauges_and_a_warning_well_before(tmp_path, caplog):
     assert quiet.certs.check() == []
     asyncio.run(broker.client.close())
     asyncio.run(quiet.client.close())
+
+
+def _presented(port: int, ca: Path) -> str:
+    """The pin of the certificate a broker's server presents now (a fresh handshake)."""
+    import socket
+    ctx = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection(("127.0.0.1", port), 5) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        from broker.service.tls import fingerprint_der
+        return fingerprint_der(tls.getpeercert(binary_form=True))
+
+
+def _metric(port: int, name: str, labels: str) -> float | None:
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{") and labels in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_a_renewed_certificate_is_reloaded_with_sighup_while_a_contract_is_active(
+        tmp_path, slurm, slurm_b):
+    """B renews its certificate (same key, new fingerprint) while lending a node to A: A pins
+    the old and the new one and reloads, B takes the new one and reloads, A drops the old pin
+    and reloads. Both brokers keep running; the contract stays active throughout, and each
+    side keeps hearing the other."""
+    pki = make_own_ca_pki(tmp_path / "pki")
+    pa, pb, status_a = free_port(), free_port(), free_port()
+    vms = tmp_path / "vms"
+    vms.mkdir()
+    extra = {"executor": {"extravars": standin_vars(slurm, vms)}, "offer_ttl_s": 30}
+    conf_a = write_config(tmp_path / "a.yml", "a", pa, pki, {"b": pb}, slurm,
+                          {**extra, "status_listen": {"host": "127.0.0.1", "port": status_a}})
+    conf_b = write_config(tmp_path / "b.yml", "b", pb, pki, {"a": pa}, slurm_b,
+                          {**extra, "probes": {"vms": standin_vm_probe(slurm, vms)}})
+    a = BrokerProcess("a", conf_a, pa, tmp_path / "a.log")
+    b = BrokerProcess("b", conf_b, pb, tmp_path / "b.log")
+    old_fp = pki.fingerprints["b"]
+
+    def pin_b(*fps: str) -> None:
+        raw = yaml.safe_load(conf_a.read_text())
+        raw["peers"]["b"]["fingerprint"] = list(fps)
+        conf_a.write_text(yaml.safe_dump(raw))
+
+    def hears(proc: BrokerProcess, line: str, after: int) -> None:
+        deadline = time.monotonic() + 30
+        while line not in proc.log.read_text()[after:]:
+            assert time.monotonic() < deadline, f"{proc.name}: no {line!r}\n{proc.log.read_text()[-3000:]}"
+            time.sleep(0.1)
+
+    try:
+        b.start()
+        for _ in range(4):
+            _submit(slurm, "-N1", "--wrap", "sleep 300")
+        a.start()
+        c = a.wait_state(S.ACTIVE)
+        b.wait_contract(c.id, S.ACTIVE)
+        assert _presented(pb, pki.dir / "b-ca.crt") == old_fp
+
+        # 1. B's administrator renews (in B's own directory, with B's CA)
+        out = subprocess_certs(tmp_path / "pki-b", "--renew", "b", "--days", "400")
+        name, new_fp, made, was = out.strip().split("\t")
+        assert (name, made, was) == ("b", "renewed", old_fp) and new_fp != old_fp
+        # 2. A pins both and reloads
+        pin_b(old_fp, new_fp)
+        mark_a = len(a.log.read_text())
+        a.signal(signal.SIGHUP)
+        hears(a, "reloaded TLS", mark_a)
+        # 3. B installs the new certificate and reloads
+        (pki.dir / "b.crt").write_bytes((tmp_path / "pki-b" / "b.crt").read_bytes())
+        mark_b = len(b.log.read_text())
+        b.signal(signal.SIGHUP)
+        hears(b, "reloaded TLS", mark_b)
+        assert _presented(pb, pki.dir / "b-ca.crt") == new_fp
+        # 4. A drops the old pin and reloads: its new connections to B see the new certificate
+        pin_b(new_fp)
+        mark_a = len(a.log.read_text())
+        a.signal(signal.SIGHUP)
+        hears(a, "reloaded TLS", mark_a)
+        end = not_after((tmp_path / "pki-b" / "b.crt").read_bytes())
+        deadline = time.monotonic() + 30
+        gauge = "viocluster_certificate_expiry_timestamp_seconds"
+        while _metric(status_a, gauge, 'domain="b",kind="peer"') != end:
+            assert time.monotonic() < deadline, a.log.read_text()[-3000:]
+            time.sleep(0.2)
+        # a few more heartbeats, then: still the same active contract on both sides
+        time.sleep(3)
+        assert a.proc.poll() is None and b.proc.poll() is None
+        assert [(x.id, x.state) for x in a.contracts()] == [(c.id, S.ACTIVE)]
+        assert [(x.id, x.state) for x in b.contracts()] == [(c.id, S.ACTIVE)]
+        for proc in (a, b):
+            text = proc.log.read_text()
+            assert "refusing" not in text and "unknown_peer" not in text and "reload refused" not in text
+    finally:
+        a.stop()
+        b.stop()
+        for pidfile in slurm.dir.glob("slurmd-a-*.pid"):
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pidfile.read_text()), 9)
+            pidfile.unlink()
+        reset(slurm)
+        reset(slurm_b)
+
+
+def subprocess_certs(dir: Path, *args: str) -> str:
+    import subprocess
+    import sys
+    from broker_harness import REPO
+    return subprocess.run([sys.executable, "-m", "broker.cli", "broker", "certs", "--dir", str(dir),
+                           *args], cwd=REPO, check=True, capture_output=True, text=True).stdout
+
+
+def test_a_reload_with_a_broken_certificate_keeps_the_running_one(tmp_path, caplog):
+    from broker.service.runtime import reload_tls
+    from broker.service.tls import server_context
+    pki, _port, conf = _lender(tmp_path)
+
+    async def scenario():
+        broker = build(load_config(conf))
+        server = server_context(broker.config.tls)
+        before = broker.config
+        (pki.dir / "b.crt").write_text("broken\n")
+        assert reload_tls(broker, server) is False
+        assert broker.config is before
+        await broker.client.close()
+
+    caplog.set_level(logging.ERROR)
+    asyncio.run(scenario())
+    assert "reload refused" in caplog.text and "tls" in caplog.text
