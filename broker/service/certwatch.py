@@ -73,8 +73,8 @@ class CertWatch:
         if left > self.config.cert_warn_days * 86400:
             return None
         when = dt.datetime.fromtimestamp(end, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        whose = {"own": "our certificate", "own_ca": "our CA", "peer": f"peer {domain}'s",
-                 "peer_ca": f"peer {domain}'s CA"}[kind]
+        whose = {"own": "our certificate", "own_ca": "our CA",
+                 "peer": f"peer {domain}'s certificate", "peer_ca": f"peer {domain}'s CA"}[kind]
         if left <= 0:
             text = f"{whose} ({what}) expired at {when}"
         else:

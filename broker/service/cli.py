@@ -98,9 +98,9 @@ def _certs(args: argparse.Namespace) -> int:
         name = spec.partition("=")[0]
         if not NAME_RE.match(name):
             raise UserError(f"--domain {spec!r}: the name must be letters, digits, '.', '_', '-'")
-        if name == "ca" or name.endswith("-ca"):
-            raise UserError(f"--domain {spec!r}: a domain name must not be 'ca' or end in '-ca' "
-                            "(the CA files are named so)")
+        if name == "ca" or (args.own_ca and name.endswith("-ca")):
+            raise UserError(f"--domain {spec!r}: a domain name must not be 'ca', nor end in "
+                            "'-ca' with --own-ca (the CA files are named so)")
     args.dir.mkdir(parents=True, exist_ok=True)
 
     def ca_of(name: str) -> KeyPair:

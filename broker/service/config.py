@@ -256,7 +256,9 @@ def parse_config(raw: Any, source: str, base: Path) -> BrokerConfig:
         if not url.startswith("https://"):
             raise r.fail(f"{where}.url", f"got {url!r}; peers are reached over https://")
         raw_fps = obj["fingerprint"]
-        listed = raw_fps if isinstance(raw_fps, list) and raw_fps else [raw_fps]
+        if raw_fps == []:
+            raise r.fail(f"{where}.fingerprint", "got an empty list; pin at least one certificate")
+        listed = raw_fps if isinstance(raw_fps, list) else [raw_fps]
         for i, fp in enumerate(listed):
             if not isinstance(fp, str) or not FINGERPRINT_RE.match(fp):
                 at = f"{where}.fingerprint" + (f"[{i}]" if isinstance(raw_fps, list) else "")
