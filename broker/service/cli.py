@@ -124,16 +124,15 @@ def _certs(args: argparse.Namespace) -> int:
             if args.own_ca:
                 ca = ca_of(name)
             else:
-                candidates = [args.dir / f"{name}-ca", args.dir / "ca"]
-                found = [c for c in candidates if c.with_suffix(".crt").exists()
-                         and c.with_suffix(".key").exists()
-                         and issued_by(old, c.with_suffix(".crt").read_bytes())]
+                found = [(c_crt, c_key) for stem in (f"{name}-ca", "ca")
+                         for c_crt, c_key in [(args.dir / f"{stem}.crt", args.dir / f"{stem}.key")]
+                         if c_crt.exists() and c_key.exists()
+                         and issued_by(old, c_crt.read_bytes())]
                 if not found:
                     raise UserError(f"--renew {name}: neither {name}-ca.crt nor ca.crt (with its "
                                     f"key) in {args.dir} signed {crt}; give --own-ca to sign it "
                                     "with a new CA of the domain's own")
-                ca = KeyPair(found[0].with_suffix(".crt").read_bytes(),
-                             found[0].with_suffix(".key").read_bytes())
+                ca = KeyPair(found[0][0].read_bytes(), found[0][1].read_bytes())
             new = make_domain_cert(ca, name, names or alt_names(old), days, key.read_bytes())
             write_atomic(crt, new.cert_pem)
             print(f"{name}\t{fingerprint_pem(new.cert_pem)}\trenewed\t{fingerprint_pem(old)}")
