@@ -55,6 +55,13 @@ class Node:
         return self.state.startswith("idle")
 
     @property
+    def joined(self) -> bool:
+        """Registered and answering, idle or already running jobs: a borrowed VM in this state
+        has joined. (The scheduler may start a waiting job on a new node before anyone sees it
+        idle.)"""
+        return self.responding and (self.idle or self.busy)
+
+    @property
     def usable(self) -> bool:
         """In service: not down, drained, failing or a future slot."""
         return not self.state.startswith(("down", "drain", "fail", "future", "unk", "inval"))
@@ -149,8 +156,9 @@ class SchedulerAdapter(abc.ABC):
 
     @abc.abstractmethod
     def admit(self, node: str, timeout: float = 30.0) -> Node:
-        """Wait until the borrowed VM's node daemon has joined as ``node`` and is idle, make
-        sure it carries the borrowed feature, and return it. Raise on timeout."""
+        """Wait until the borrowed VM's node daemon has joined as ``node`` (answering, idle or
+        already running a job the scheduler placed on it at once), make sure it carries the
+        borrowed feature, and return it. Raise on timeout."""
 
     @abc.abstractmethod
     def remove(self, node: str, reason: str, timeout: float = 30.0) -> RemoveResult:

@@ -114,10 +114,10 @@ class PbsAdapter(CommandAdapter):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             seen = self._node(node)
-            if seen is not None and seen.idle:
+            if seen is not None and seen.joined:
                 return seen
             time.sleep(self.poll_s)
-        raise SchedulerError(f"PBS node {node} did not become free within {timeout:g} s")
+        raise SchedulerError(f"PBS node {node} did not join within {timeout:g} s")
 
     def remove(self, node: str, reason: str, timeout: float = 30.0) -> RemoveResult:
         snap = self.snapshot()

@@ -181,7 +181,7 @@ class SlurmAdapter(CommandAdapter):
         seen: Node | None = None
         while time.monotonic() < deadline:
             seen = self._node(node)
-            if seen is not None and seen.idle:
+            if seen is not None and seen.joined:
                 if self.borrowed_feature not in seen.features:
                     features = ",".join((*seen.features, self.borrowed_feature))
                     self.run(
@@ -193,7 +193,7 @@ class SlurmAdapter(CommandAdapter):
             time.sleep(self.poll_s)
         where = f"it is {seen.state}" if seen else "it never registered"
         raise SchedulerError(
-            f"node {node} did not become idle within {timeout:g} s ({where}); check the VM's "
+            f"node {node} did not join within {timeout:g} s ({where}); check the VM's "
             "console and its slurmd log"
         )
 

@@ -556,7 +556,7 @@ class Broker:
                 await self._send(c.lender, self._msg(Return, c.lender, contract_id=c.id,
                                                      reason="admission failed"))
                 return c
-            c = self._advance(c, S.ACTIVE, f"{', '.join(c.node_names)} idle in the scheduler")
+            c = self._advance(c, S.ACTIVE, f"{', '.join(c.node_names)} joined the scheduler")
             self.metrics.trade_seconds.observe(self.clock() - agreed_at)
             await self.heartbeat(c.lender)
             return c

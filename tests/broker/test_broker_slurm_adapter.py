@@ -85,6 +85,26 @@ def test_admit_adds_the_borrowed_feature_when_the_node_came_without_it(slurm, ad
         slurm.stop("slurmd-vbkvm2")
 
 
+def test_admit_takes_a_node_slurm_gave_a_waiting_job_before_anyone_saw_it_idle(slurm, adapter, clean_queue):
+    """A burst waits for the borrowed node: Slurm starts a job on it the moment it registers,
+    so the node may never be seen idle. Admission must take it (it once timed out and rolled
+    the trade back, requeueing the job)."""
+    slurm.start_dynamic_node("vbkvm3")
+    try:
+        # (Slurm refuses a constraint no node has: the job comes once the node registered, and
+        # admission looks only after the job runs, as when it lost that race)
+        slurm.wait("the new node registered",
+                   lambda: "vbkvm3" in slurm.run("sinfo", "-h", "-N", "-o", "%N").split())
+        job = _submit(slurm, "-p", "loan", "-C", "borrowed", "--wrap", "sleep 300")
+        slurm.wait("the waiting job running on the new node",
+                   lambda: slurm.run("squeue", "-h", "-j", job, "-o", "%T %N").split() == ["RUNNING", "vbkvm3"])
+        node = adapter.admit("vbkvm3", timeout=10)
+        assert node.busy and node.joined and "borrowed" in node.features
+        assert adapter.remove("vbkvm3", reason="vbk-test").requeued == (job,)
+    finally:
+        slurm.stop("slurmd-vbkvm3")
+
+
 def test_removing_an_absent_node_is_no_error(adapter, clean_queue):
     assert adapter.remove("vbk-never-there", reason="x").existed is False
 
