@@ -120,6 +120,19 @@ def ensure_packages() -> None:
     sh("apt-get", "install", "-y", "-qq", "--no-install-recommends", *pkgs, env=env)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (those gone count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_busy() -> tuple[int, int]:
     with open("/proc/stat") as fh:
         fields = [int(x) for x in fh.readline().split()[1:]]
@@ -302,15 +315,7 @@ class Bench:
 
     # ---------------------------------------------------------------- measuring
     def daemon_cpu(self) -> float:
-        total = 0
-        for pid in self.daemon_pids:
-            try:
-                with open(f"/proc/{pid}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
-            except OSError:
-                pass
-        return total / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.daemon_pids)
 
     def iperf(self, target: str, seconds: int, streams: int) -> tuple[float, float]:
         c0 = self.daemon_cpu()

@@ -37,24 +37,14 @@ from violin_attack import (MARK, STREAM_CLIENT, STREAM_SERVER, Catcher, Sniffer,
                            Spoofer, build, device_drops, inject, sender_id, udp_snmp)
 from violin_netlab import Domain, Lab, nsx, tcp_transfer  # noqa: E402
 
+from bench_switch import cpu_seconds  # noqa: E402  (bench/ is the script's own directory)
+
 ATK = Domain("atk", 2031, "10.201.31", 5331, "vswatk")
 PEER, TARGET, ATTACKER = 1, 2, 3
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except OSError:
-            pass
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def own_cpu() -> float:

@@ -222,26 +222,17 @@ class BrokerProcess:
             self.kill9()
 
     def contracts(self):
-        store = Store(self.db)
-        try:
+        with contextlib.closing(Store(self.db)) as store:
             return store.contracts()
-        finally:
-            store.close()
 
     def store_history(self, cid: str) -> str:
         """Every transition's reason of one contract, one a line."""
-        store = Store(self.db)
-        try:
+        with contextlib.closing(Store(self.db)) as store:
             return "\n".join(f"{t.to_state.value}: {t.reason}" for t in store.history(cid))
-        finally:
-            store.close()
 
     def refusals(self):
-        store = Store(self.db)
-        try:
+        with contextlib.closing(Store(self.db)) as store:
             return store.refusals()
-        finally:
-            store.close()
 
     def wait_state(self, state: ContractState, timeout: float = 120):
         deadline = time.monotonic() + timeout
@@ -265,3 +256,11 @@ class BrokerProcess:
         got = [(c.state.value, c.reason) for c in self.contracts() if c.id == cid]
         raise AssertionError(f"{self.name}: {cid} not {state.value} in {timeout} s: {got}\n"
                              f"{self.log.read_text()[-4000:]}")
+
+
+def stop_standins(cluster) -> None:
+    """SIGKILL the stand-in VMs' slurmds (slurmd-a-*.pid) that a borrow started on ``cluster``."""
+    for pidfile in cluster.dir.glob("slurmd-a-*.pid"):
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        pidfile.unlink()

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from broker.negotiation.contracts import ContractState, Role
-from broker_harness import BrokerProcess, free_port, make_pki, standin_vars, write_config
+from broker_harness import BrokerProcess, free_port, make_pki, standin_vars, stop_standins, write_config
 from broker_slurm import reset
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -69,10 +69,7 @@ def pair(tmp_path, slurm, slurm_b):
     for p in procs:
         p.stop()
     _end_orphan_playbooks(tmp_path)
-    for pidfile in slurm.dir.glob("slurmd-a-*.pid"):
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pidfile.read_text()), signal.SIGKILL)
-        pidfile.unlink()
+    stop_standins(slurm)
     reset(slurm)
     reset(slurm_b)
 

@@ -7,9 +7,7 @@ renewal reloaded with SIGHUP while a contract is active."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import signal
 import ssl
 import time
@@ -27,7 +25,8 @@ from broker.service.config import load_config
 from broker.service.runtime import build
 from broker.service.tls import KeyPair, fingerprint_pem, make_ca, make_domain_cert, not_after
 from broker_harness import (
-    BrokerProcess, api, free_port, make_own_ca_pki, standin_vars, standin_vm_probe, write_config,
+    BrokerProcess, api, free_port, make_own_ca_pki, standin_vars, standin_vm_probe, stop_standins,
+    write_config,
 )
 from broker_slurm import reset
 
@@ -126,10 +125,7 @@ def test_two_domains_with_separate_cas_trade_a_node(tmp_path, slurm, slurm_b):
     try:
         asyncio.run(scenario())
     finally:
-        for pidfile in slurm.dir.glob("slurmd-a-*.pid"):
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pidfile.read_text()), 9)
-            pidfile.unlink()
+        stop_standins(slurm)
         _delete_dynamic_nodes(slurm)
         reset(slurm)
         reset(slurm_b)
@@ -389,10 +385,7 @@ def test_a_renewed_certificate_is_reloaded_with_sighup_while_a_contract_is_activ
     finally:
         a.stop()
         b.stop()
-        for pidfile in slurm.dir.glob("slurmd-a-*.pid"):
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pidfile.read_text()), 9)
-            pidfile.unlink()
+        stop_standins(slurm)
         _delete_dynamic_nodes(slurm)
         reset(slurm)
         reset(slurm_b)

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
 
 import pytest
-from broker_harness import api, free_port, make_pki, standin_vars, write_config
+from broker_harness import api, free_port, make_pki, standin_vars, stop_standins, write_config
 from broker_slurm import reset
 
 from broker.negotiation.contracts import ContractState, Role
@@ -65,9 +62,6 @@ def test_the_borrower_asks_every_peer_and_takes_the_best_fitting_offer(tmp_path,
     try:
         asyncio.run(scenario())
     finally:
-        for pidfile in slurm.dir.glob("slurmd-a-*.pid"):
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pidfile.read_text()), signal.SIGKILL)
-            pidfile.unlink()
+        stop_standins(slurm)
         for cluster in (slurm, slurm_b, slurm_c):
             reset(cluster)

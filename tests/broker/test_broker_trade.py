@@ -8,8 +8,6 @@ stands in for the VM: the VM plane is exercised in its own tests); B's reclaim p
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import time
 
 import pytest
@@ -17,7 +15,7 @@ import pytest
 from broker.negotiation.contracts import ContractState, Role
 from broker.service.config import load_config
 from broker.service.runtime import build
-from broker_harness import api, free_port, make_pki, standin_vars, standin_vm_probe, write_config
+from broker_harness import api, free_port, make_pki, standin_vars, standin_vm_probe, stop_standins, write_config
 from broker_slurm import reset
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -43,10 +41,7 @@ def domains(tmp_path, slurm, slurm_b):
     conf_b = write_config(tmp_path / "b.yml", "b", pb, pki, {"a": pa}, slurm_b,
                           {**extra, "probes": {"vms": standin_vm_probe(slurm, vms)}})
     yield conf_a, conf_b, vms
-    for pidfile in slurm.dir.glob("slurmd-a-*.pid"):
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pidfile.read_text()), 9)
-        pidfile.unlink()
+    stop_standins(slurm)
     reset(slurm)
     reset(slurm_b)
 
