@@ -332,15 +332,12 @@ class Simulation:
         started = None
         for j in d.new_jobs:
             s = size[j]
-            if s <= d.free:
-                if now + est[j] <= d.shadow:
-                    self.start_phys(d, j, now)
-                elif s <= d.extra:
-                    d.extra -= s
-                    self.start_phys(d, j, now)
-                else:
-                    continue
-            elif s <= len(d.idle_vms):
+            if s <= d.free and now + est[j] <= d.shadow:
+                self.start_phys(d, j, now)
+            elif s <= d.free and s <= d.extra:
+                d.extra -= s
+                self.start_phys(d, j, now)
+            elif s <= len(d.idle_vms):  # as in the full pass: VMs when own nodes may not
                 self.start_vms(d, j, now)
             else:
                 continue
@@ -378,9 +375,19 @@ class Simulation:
         shadow = INF
         extra = 0
         if hs <= d.capacity - d.lent:
-            for e, j in d.run_phys:
+            run = d.run_phys
+            m = len(run)
+            k = 0
+            while k < m:
+                e, j = run[k]
                 avail += size[j]
+                k += 1
                 if avail >= hs:
+                    # every job ending at the shadow time frees its nodes then, not only the
+                    # first that makes room for the head
+                    while k < m and run[k][0] == e:
+                        avail += size[run[k][1]]
+                        k += 1
                     shadow = e
                     extra = avail - hs
                     break
