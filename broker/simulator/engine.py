@@ -78,7 +78,9 @@ class DomainStats:
     borrowed_node_seconds: float = 0.0
     lent_node_seconds: float = 0.0
     first_submit: float = INF
-    last_end: float = 0.0
+    last_end: float = 0.0  # end of the domain's last own job
+    busy_from: float = INF  # first and last moment an own node was busy (own job or lent VM)
+    busy_until: float = 0.0
 
 
 class Domain:
@@ -226,11 +228,21 @@ class Simulation:
             i = bisect_left(d.run_phys, key)
             del d.run_phys[i]
             d.free += s
-            d.stats.busy_own_node_seconds += s * elapsed
+            st = d.stats
+            st.busy_own_node_seconds += s * elapsed
+            if now > st.busy_until:
+                st.busy_until = now
+            if d.start[j] < st.busy_from:
+                st.busy_from = d.start[j]
         else:
             domains = self.domains
             for vm in vms:
-                domains[vm.lender].stats.busy_own_node_seconds += elapsed
+                st = domains[vm.lender].stats
+                st.busy_own_node_seconds += elapsed
+                if now > st.busy_until:
+                    st.busy_until = now
+                if d.start[j] < st.busy_from:
+                    st.busy_from = d.start[j]
                 vm.job = -1
                 vm.busy_since = -1.0
                 if vm.state == UP:

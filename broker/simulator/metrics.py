@@ -32,12 +32,22 @@ def daily_response(d: Domain) -> dict[int, list[float]]:
     return {int(i): [int(count[i]), float(total[i])] for i in np.flatnonzero(count)}
 
 
+def busy_span(d: Domain) -> float:
+    """Seconds from the domain's first submit (or first busy node) to the last moment any of
+    its own nodes was busy: its own last job, or later a peer's job on a node it lent. Every
+    busy node-second falls inside, so utilization cannot exceed 1."""
+    st = d.stats
+    begin = min(st.first_submit, st.busy_from)
+    end = max(st.last_end, st.busy_until)
+    return end - begin if end > begin else 0.0
+
+
 def domain_summary(d: Domain) -> dict[str, float | int]:
     st = d.stats
     submit, wait, response = job_times(d)
     n = int(submit.size)
     run = np.asarray(d.run)[np.asarray(d.end) >= 0]
-    span = st.last_end - st.first_submit if n else 0.0
+    span = busy_span(d)
     util = st.busy_own_node_seconds / (d.capacity * span) if span > 0 else 0.0
     bsld = np.maximum(1.0, response / np.maximum(run, 10.0)) if n else np.zeros(0)
     return {

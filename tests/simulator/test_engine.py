@@ -250,3 +250,19 @@ def test_lease_returns_every_vm_by_lease_end():
     # a lease ends at the first broker round at or after started + lease_s, then the VM halts
     assert max(lives) <= 5400 + 1800 + sim.cfg.halt_delay
     assert max(lives) >= 5400
+
+
+def test_utilization_counts_lent_work_after_the_domains_last_job():
+    # A's only job ends at 10; from 3640 B's 2-node job runs on two VMs A lent, 15 % slower,
+    # until 3640 + 11500. That work is A's (its nodes were busy): the time it is divided by
+    # must run to 15140 too, or utilization comes out far above 1.
+    a = wl("a", 4, [(0, 10, 1)])
+    b = wl("b", 4, [(0, 20000, 4), (1, 10000, 2)])
+    result, _ = run_checked(Simulation([a, b], config=SimConfig()))
+    assert result.domains[1].start[1] == 3640
+    s = run_summary(result)
+    assert s["a"]["utilization"] == pytest.approx((10 + 2 * 11500) / (4 * 15140), abs=1e-5)
+    for mode in Mode:
+        policy = DomainPolicy(reclamation=ReclamationPolicy(Terms(mode, lease_s=7200)))
+        result = Simulation(small_demo(seed=6), [policy, policy], SimConfig(interval=1800)).run()
+        assert all(0 < d["utilization"] <= 1 for d in run_summary(result).values())
