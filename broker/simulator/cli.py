@@ -13,7 +13,7 @@ from broker.policy import DomainPolicy, load_policy
 from broker.simulator.engine import SimConfig
 from broker.simulator.presets import PRESETS, preset_workloads
 from broker.simulator.swf import read_swf
-from broker.simulator.workload import Workload, from_trace
+from broker.simulator.workload import LEFT_OUT_REASONS, Workload, from_trace
 
 _DOMAIN = re.compile(
     r"^(?P<name>[A-Za-z][A-Za-z0-9_-]*)=(?P<trace>.+?)(?::(?P<cap>\d+))?"
@@ -51,10 +51,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=1, help="seed of the synthetic workload (1)")
     p.add_argument("--serial", action="store_true",
                    help="run sharing and no-sharing one after the other, not in two processes")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a trace with a job that cannot be replayed (no processor count, "
+                   "no submit time) instead of leaving such jobs out and counting them")
+    p.add_argument("--include-cancelled", action="store_true",
+                   help="replay jobs cancelled before they started (run time -1) as 0-second "
+                   "jobs; by default they are left out of the replay and the metrics")
     p.set_defaults(func=main)
 
 
-def _parse_domain(text: str) -> Workload:
+def _parse_domain(text: str, strict: bool = False, include_cancelled: bool = False) -> Workload:
     m = _DOMAIN.match(text)
     if not m:
         raise UsageError(f"--domain {text!r}: expected {DOMAIN_FORMAT}")
@@ -63,10 +69,18 @@ def _parse_domain(text: str) -> Workload:
     d1 = float(m["d1"]) if m["d1"] else None
     if d0 is not None and d1 is not None and d1 <= d0:
         raise UsageError(f"--domain {text!r}: the section must end after it starts")
-    w = from_trace(m["name"], read_swf(m["trace"]), cap, d0, d1)
+    w = from_trace(m["name"], read_swf(m["trace"]), cap, d0, d1, strict=strict,
+                   include_cancelled=include_cancelled)
     if len(w) == 0:
-        raise UsageError(f"--domain {text!r}: no job in that trace or section")
+        left = _left_out_text(w)
+        raise UsageError(f"--domain {text!r}: no job to replay in that trace or section"
+                         + (f" (left out: {left})" if left else ""))
     return w
+
+
+def _left_out_text(w: Workload) -> str:
+    """``3 cancelled, 1 no_processors``: the jobs of ``w``'s trace it does not replay."""
+    return ", ".join(f"{n} {reason}" for reason, n in w.left_out.items() if n)
 
 
 def _policies(args: argparse.Namespace, names: list[str]) -> list[DomainPolicy]:
@@ -106,10 +120,11 @@ def main(args: argparse.Namespace) -> int:
     _bounded("halt-delay", args.halt_delay, 0)
     _bounded("slowdown", args.slowdown, 0, 10)
     if args.preset:
-        preset, workloads = preset_workloads(args.preset, args.traces, args.seed)
+        preset, workloads = preset_workloads(args.preset, args.traces, args.seed,
+                                             args.strict, args.include_cancelled)
         title = preset.title
     else:
-        workloads = [_parse_domain(d) for d in args.domain]
+        workloads = [_parse_domain(d, args.strict, args.include_cancelled) for d in args.domain]
         title = " vs ".join(w.name for w in workloads)
     names = [w.name for w in workloads]
     if len(set(names)) != len(names):
@@ -139,8 +154,11 @@ def main(args: argparse.Namespace) -> int:
         "scenario": title,
         "config": {"interval_s": config.interval, "boot_delay_s": config.boot_delay,
                    "halt_delay_s": config.halt_delay, "slowdown": config.slowdown,
-                   "seed": args.seed},
-        "domains": {w.name: {"capacity": w.capacity, "jobs": len(w), "source": w.source}
+                   "seed": args.seed, "strict": args.strict,
+                   "include_cancelled": args.include_cancelled},
+        "left_out_reasons": LEFT_OUT_REASONS,
+        "domains": {w.name: {"capacity": w.capacity, "jobs": len(w), "source": w.source,
+                             "left_out": {r: w.left_out.get(r, 0) for r in LEFT_OUT_REASONS}}
                     for w in workloads},
         "runs": {},
     }
@@ -153,6 +171,10 @@ def main(args: argparse.Namespace) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_series_csv(out / "series.csv", runs)
     figures = make_figures(out, runs, {w.name: w.capacity for w in workloads}, title)
+    for w in workloads:
+        left = _left_out_text(w)
+        if left:
+            print(f"{w.name}: {len(w)} jobs replayed; left out: {left}")
     for run in runs:
         label = "sharing" if run.sharing else "no sharing"
         print(f"{label}: {run.jobs} jobs in {run.wall_s:.2f} s ({run.jobs_per_s:,.0f} jobs/s)")

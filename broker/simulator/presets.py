@@ -82,7 +82,8 @@ def demo_workloads(seed: int) -> list[Workload]:
     return [alpha, beta]
 
 
-def preset_workloads(name: str, traces: Path | None, seed: int) -> tuple[Preset, list[Workload]]:
+def preset_workloads(name: str, traces: Path | None, seed: int, strict: bool = False,
+                     include_cancelled: bool = False) -> tuple[Preset, list[Workload]]:
     preset = PRESETS[name]
     if name == "demo":
         return preset, demo_workloads(seed)
@@ -98,5 +99,6 @@ def preset_workloads(name: str, traces: Path | None, seed: int) -> tuple[Preset,
             )
         if path not in cache:
             cache[path] = read_swf(path)
-        out.append(from_trace(sec.name, cache[path], sec.capacity, sec.start_day, sec.end_day))
+        out.append(from_trace(sec.name, cache[path], sec.capacity, sec.start_day, sec.end_day,
+                              strict=strict, include_cancelled=include_cancelled))
     return preset, out

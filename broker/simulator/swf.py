@@ -2,7 +2,9 @@
 
 Header lines start with ``;`` (``; MaxProcs: 338``); every other non-blank line is one job of
 18 whitespace-separated numbers, -1 meaning unknown. A malformed line raises
-:class:`broker.errors.TraceError` naming ``file:line`` and what was expected.
+:class:`broker.errors.TraceError` naming ``file:line`` and what was expected. A well-formed line
+whose job cannot be replayed (no processor count, no submit time) is read all the same: the
+workload (:func:`broker.simulator.workload.from_trace`) leaves it out, or refuses it.
 """
 
 from __future__ import annotations
@@ -56,12 +58,15 @@ class SwfJob:
 
 
 class Trace:
-    """A parsed SWF log: header keys and one row of 18 numbers a job (``data``, float64)."""
+    """A parsed SWF log: header keys, one row of 18 numbers a job (``data``, float64) and the
+    line of the file each row came from (``lines``)."""
 
-    def __init__(self, path: str, header: dict[str, str], data: np.ndarray) -> None:
+    def __init__(self, path: str, header: dict[str, str], data: np.ndarray,
+                 lines: np.ndarray | None = None) -> None:
         self.path = path
         self.header = header
         self.data = data
+        self.lines = lines if lines is not None else np.arange(1, len(data) + 1)
 
     def __len__(self) -> int:
         return int(self.data.shape[0])
@@ -164,21 +169,7 @@ def parse_swf_lines(lines: list[str], path: str) -> Trace:
             raise TraceError(f"{path}: not a valid SWF file")  # pragma: no cover
     else:
         data = np.empty((0, 18))
-    procs = np.where(data[:, 4] > 0, data[:, 4], data[:, 7])
-    bad = np.flatnonzero(procs <= 0)
-    if bad.size:
-        i = int(bad[0])
-        raise TraceError(
-            f"{path}:{numbers[i]}: job {int(data[i, 0])} has no processor count (fields 5 "
-            "and 8 are both -1 or 0); expected a positive number of processors"
-        )
-    bad = np.flatnonzero(data[:, 1] < 0)
-    if bad.size:
-        i = int(bad[0])
-        raise TraceError(
-            f"{path}:{numbers[i]}: field 2 (submit) must be >= 0, found {int(data[i, 1])}"
-        )
-    return Trace(path, header, data)
+    return Trace(path, header, data, np.asarray(numbers, dtype=np.int64))
 
 
 def read_swf(path: str | Path) -> Trace:

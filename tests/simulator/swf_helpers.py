@@ -15,8 +15,10 @@ HEADER = """; Version: 2.2
 
 
 def swf_line(job: int, submit: int, run: int, procs: int, req_time: int = -1,
-             avg_cpu: str = "-1") -> str:
-    fields = [job, submit, -1, run, procs, avg_cpu, -1, procs, req_time, -1, 1, 1, 1, -1, 1,
+             avg_cpu: str = "-1", status: int = 1, req_procs: int | None = None) -> str:
+    """One job line: ``procs`` allocated (field 5) and requested (field 8, else ``req_procs``)."""
+    req = procs if req_procs is None else req_procs
+    fields = [job, submit, -1, run, procs, avg_cpu, -1, req, req_time, -1, status, 1, 1, -1, 1,
               -1, -1, -1]
     return " ".join(str(f) for f in fields)
 

@@ -67,10 +67,14 @@ def test_non_number_field_names_the_field(tmp_path):
         read_swf(path)
 
 
-def test_job_without_processors(tmp_path):
-    path = write_swf(tmp_path / "p.swf", [swf_line(1, 0, 10, -1)])
-    with pytest.raises(TraceError, match=r"p.swf:\d+: job 1 has no processor count"):
-        read_swf(path)
+def test_job_without_processors_is_read_then_screened(tmp_path):
+    path = write_swf(tmp_path / "p.swf", [swf_line(1, 0, 10, 2), swf_line(2, 0, 10, -1)])
+    trace = read_swf(path)
+    assert len(trace) == 2 and list(trace.lines) == [HEADER.count("\n") + 1,
+                                                     HEADER.count("\n") + 2]
+    assert from_trace("p", trace).left_out["no_processors"] == 1
+    with pytest.raises(TraceError, match=r"p.swf:\d+: job 2 has no processor count"):
+        from_trace("p", trace, strict=True)
 
 
 def test_missing_and_unreadable_files(tmp_path):
