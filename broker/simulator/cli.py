@@ -11,6 +11,7 @@ from pathlib import Path
 from broker.errors import UserError
 from broker.policy import DomainPolicy, load_policy
 from broker.simulator.engine import SimConfig
+from broker.simulator.metrics import JOB_FIELDS
 from broker.simulator.presets import PRESETS, preset_workloads
 from broker.simulator.swf import read_swf
 from broker.simulator.workload import LEFT_OUT_REASONS, Workload, from_trace
@@ -31,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "simulate",
         help="trace-driven simulation of domains trading nodes",
         description="Replay one SWF trace per domain (or a preset) with and without sharing; "
-        "write summary.json, series.csv and figures to --out.",
+        "write summary.json, series.csv, jobs.csv and figures to --out.",
     )
     p.add_argument("--domain", action="append", default=[], metavar="NAME=TRACE[:CAPACITY]",
                    help=f"a domain: {DOMAIN_FORMAT} (repeat for each domain)")
@@ -57,6 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--include-cancelled", action="store_true",
                    help="replay jobs cancelled before they started (run time -1) as 0-second "
                    "jobs; by default they are left out of the replay and the metrics")
+    p.add_argument("--check-invariants", action="store_true",
+                   help="log every run and check it (no start before submit, capacity, no job "
+                   "across own and borrowed nodes, every job ends once, jobs.csv and the "
+                   "summary add up); the first violation is named and the exit status is 1")
     p.set_defaults(func=main)
 
 
@@ -135,7 +140,7 @@ def main(args: argparse.Namespace) -> int:
     config = SimConfig(
         interval=args.interval, boot_delay=args.boot_delay, halt_delay=args.halt_delay,
         slowdown=args.slowdown, sharing=not args.no_sharing,
-        epoch=float(workloads[0].unix_start),
+        epoch=float(workloads[0].unix_start), check_invariants=args.check_invariants,
     )
     out: Path = args.out
     try:
@@ -155,7 +160,8 @@ def main(args: argparse.Namespace) -> int:
         "config": {"interval_s": config.interval, "boot_delay_s": config.boot_delay,
                    "halt_delay_s": config.halt_delay, "slowdown": config.slowdown,
                    "seed": args.seed, "strict": args.strict,
-                   "include_cancelled": args.include_cancelled},
+                   "include_cancelled": args.include_cancelled,
+                   "check_invariants": args.check_invariants},
         "left_out_reasons": LEFT_OUT_REASONS,
         "domains": {w.name: {"capacity": w.capacity, "jobs": len(w), "source": w.source,
                              "left_out": {r: w.left_out.get(r, 0) for r in LEFT_OUT_REASONS}}
@@ -163,13 +169,19 @@ def main(args: argparse.Namespace) -> int:
         "runs": {},
     }
     for run in runs:
-        summary["runs"]["sharing" if run.sharing else "no_sharing"] = {
+        summary["runs"][run.label] = {
             "wall_s": round(run.wall_s, 3),
             "jobs_per_s": round(run.jobs_per_s, 1),
             "domains": run.summary,
         }
+        if run.invariants is not None:
+            summary["runs"][run.label]["invariants"] = run.invariants.as_dict()
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_series_csv(out / "series.csv", runs)
+    with (out / "jobs.csv").open("w") as fh:
+        fh.write(",".join(("run", "domain", *JOB_FIELDS)) + "\n")
+        for run in runs:
+            fh.write(run.jobs_csv)
     figures = make_figures(out, runs, {w.name: w.capacity for w in workloads}, title)
     for w in workloads:
         left = _left_out_text(w)
@@ -185,5 +197,15 @@ def main(args: argparse.Namespace) -> int:
                   f"{s['lent_node_hours']:.0f} node-h, preemptions {s['preemptions']}")
     print(f"summary: {out / 'summary.json'}")
     print(f"time series: {out / 'series.csv'}")
+    print(f"jobs: {out / 'jobs.csv'}")
     print("figures: " + ", ".join(str(p) for p in figures))
-    return 0
+    broken = [run for run in runs if run.invariants is not None and not run.invariants.ok]
+    for run in runs:
+        if run.invariants is not None and run.invariants.ok:
+            print(f"invariants, {run.label}: {run.invariants.events} logged events checked, "
+                  "no violation")
+    for run in broken:
+        report = run.invariants
+        print(f"viocluster: invariant violated in the {run.label} run: {report.first} "
+              f"({report.count} violations in all; listed in summary.json)", file=sys.stderr)
+    return 1 if broken else 0

@@ -38,13 +38,23 @@ INF = math.inf
 VECTOR_MIN = 48  # queues longer than this are scanned with numpy's help
 END, VM_UP, VM_DOWN = 0, 1, 2
 BOOTING, UP, DRAINING, HALTING = 0, 1, 2, 3
+# What the run log records (``Simulation.log``, kept when ``SimConfig.check_invariants``): one
+# tuple per happening, in the order the engine did it, read by broker.simulator.invariants:
+#   (t, LOG_START, domain, job, own nodes, tuple of VM ids)   a job starts (one or the other)
+#   (t, LOG_END, domain, job, 0, ())                          it ran to its end
+#   (t, LOG_PREEMPT, domain, job, 0, ())                      its VMs were taken back
+#   (t, LOG_LEND, lender, VM id, borrower, ())                a node leaves its owner as a VM
+#   (t, LOG_UP | LOG_HALT | LOG_DOWN, borrower, VM id, 0, ())  VM booted, halting, node back
+LOG_START, LOG_END, LOG_PREEMPT, LOG_LEND, LOG_UP, LOG_HALT, LOG_DOWN = range(7)
 
 
 @dataclass(frozen=True, slots=True)
 class SimConfig:
     """interval: broker period (s); boot_delay, halt_delay: VM start and stop (s); slowdown:
     extra run time of a job on VMs (0.15 = 15 % slower); sharing: brokers trade at all;
-    epoch: the absolute time (Unix seconds) of t = 0, for the policies' time-of-day windows."""
+    epoch: the absolute time (Unix seconds) of t = 0, for the policies' time-of-day windows;
+    check_invariants: keep the run log (``Simulation.log``) that
+    :func:`broker.simulator.invariants.check_run` replays to check the run."""
 
     interval: float = 3600.0
     boot_delay: float = 40.0
@@ -114,6 +124,9 @@ class Domain:
         self.start = [-1.0] * n
         self.end = [-1.0] * n
         self.attempt = [0] * n
+        self.on_vms = bytearray(n)  # 1 while (or if) the job's current run is on borrowed VMs
+        self.history: dict[int, list[tuple[float, float, bool]]] = {}  # cut runs: start, end,
+        # on VMs
         self.job_vms: dict[int, list[VM]] = {}
         self.finished = 0
         self.valid = False  # shadow/extra still hold; only new arrivals need trying
@@ -187,6 +200,7 @@ class Simulation:
         self.total_jobs = sum(len(w) for w in workloads)
         self.finished = 0
         self.on_check: Callable[[Simulation], None] | None = None
+        self.log: list[tuple] | None = [] if config.check_invariants else None
 
     # -- event helpers ------------------------------------------------------------------
     def push(self, t: float, kind: int, dom: int, a: object, b: int = 0) -> None:
@@ -198,10 +212,13 @@ class Simulation:
         s = d.size[j]
         d.free -= s
         d.start[j] = now
+        d.on_vms[j] = 0
         d.running_nodes += s
         d.waiting_nodes -= s
         insort(d.run_phys, (now + d.est[j], j))
         self.push(now + d.run[j], END, d.index, j, d.attempt[j])
+        if self.log is not None:
+            self.log.append((now, LOG_START, d.index, j, s, ()))
 
     def start_vms(self, d: Domain, j: int, now: float) -> None:
         s = d.size[j]
@@ -213,9 +230,12 @@ class Simulation:
             vm.busy_since = now
         d.job_vms[j] = vms
         d.start[j] = now
+        d.on_vms[j] = 1
         d.running_nodes += s
         d.waiting_nodes -= s
         self.push(now + d.run[j] * (1.0 + self.cfg.slowdown), END, d.index, j, d.attempt[j])
+        if self.log is not None:
+            self.log.append((now, LOG_START, d.index, j, 0, tuple(vm.id for vm in vms)))
 
     def _release(self, d: Domain, j: int, now: float, finished: bool) -> None:
         """Free the nodes of running job j (ended or preempted)."""
@@ -250,6 +270,9 @@ class Simulation:
                 elif vm.state == DRAINING:
                     self.halt(vm, now)
         if not finished:
+            if self.log is not None:
+                self.log.append((now, LOG_PREEMPT, d.index, j, 0, ()))
+            d.history.setdefault(j, []).append((d.start[j], now, vms is not None))
             d.stats.preemptions += 1
             d.stats.lost_node_seconds += s * elapsed
             d.attempt[j] += 1
@@ -260,6 +283,8 @@ class Simulation:
         d.dirty = True
 
     def finish(self, d: Domain, j: int, now: float) -> None:
+        if self.log is not None:
+            self.log.append((now, LOG_END, d.index, j, 0, ()))
         self._release(d, j, now, finished=True)
         d.end[j] = now
         d.finished += 1
@@ -281,6 +306,8 @@ class Simulation:
             vm = VM(self.vm_seq, lender.index, borrower.index, now)
             borrower.vms[vm.id] = vm
             borrower.active_vms += 1
+            if self.log is not None:
+                self.log.append((now, LOG_LEND, lender.index, vm.id, borrower.index, ()))
             self.push(now + self.cfg.boot_delay, VM_UP, borrower.index, vm)
 
     def halt(self, vm: VM, now: float) -> None:
@@ -295,6 +322,8 @@ class Simulation:
         if vm.state == UP:
             b.idle_vms.remove(vm)
         vm.state = HALTING
+        if self.log is not None:
+            self.log.append((now, LOG_HALT, b.index, vm.id, 0, ()))
         b.active_vms -= 1
         b.valid = False
         b.dirty = True
@@ -313,6 +342,8 @@ class Simulation:
         if vm.state != BOOTING:
             return
         vm.state = UP
+        if self.log is not None:
+            self.log.append((self.now, LOG_UP, vm.borrower, vm.id, 0, ()))
         d = self.domains[vm.borrower]
         d.idle_vms.append(vm)
         d.valid = False
@@ -321,6 +352,8 @@ class Simulation:
     def vm_down(self, vm: VM, now: float) -> None:
         b = self.domains[vm.borrower]
         lender = self.domains[vm.lender]
+        if self.log is not None:
+            self.log.append((now, LOG_DOWN, b.index, vm.id, 0, ()))
         b.count_to(now)
         lender.count_to(now)
         del b.vms[vm.id]

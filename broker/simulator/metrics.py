@@ -1,6 +1,8 @@
-"""Per-domain figures of one run, in the fields of summary.json."""
+"""Per-domain figures of one run, in the fields of summary.json, and per-job rows (jobs.csv)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -8,7 +10,7 @@ from broker.simulator.engine import Domain, RunResult
 
 SUMMARY_FIELDS = (
     "jobs", "mean_wait_s", "mean_response_s", "p95_response_s", "mean_bounded_slowdown",
-    "utilization", "preemptions", "lost_node_seconds", "borrowed_node_hours",
+    "utilization", "busy_node_hours", "preemptions", "lost_node_seconds", "borrowed_node_hours",
     "lent_node_hours",
 )
 
@@ -57,6 +59,7 @@ def domain_summary(d: Domain) -> dict[str, float | int]:
         "p95_response_s": round(float(np.percentile(response, 95)), 3) if n else 0.0,
         "mean_bounded_slowdown": round(float(bsld.mean()), 4) if n else 0.0,
         "utilization": round(util, 5),
+        "busy_node_hours": round(st.busy_own_node_seconds / 3600.0, 3),
         "preemptions": st.preemptions,
         "lost_node_seconds": round(st.lost_node_seconds, 3),
         "borrowed_node_hours": round(st.borrowed_node_seconds / 3600.0, 3),
@@ -74,3 +77,52 @@ SERIES_FIELDS = ("t_s", "demand", "waiting_nodes", "running_nodes", "borrowed", 
 
 def series_rows(result: RunResult) -> dict[str, list[tuple]]:
     return {d.name: d.series for d in result.domains}
+
+
+JOB_FIELDS = ("job", "submit", "starts", "end", "nodes", "on", "preemptions",
+              "lost_node_seconds")
+# starts: the start of each run of the job, ';'-separated, the last the run that finished;
+# on: where each of those runs was, own (the domain's nodes) or borrowed (VMs of a peer)
+
+
+def job_rows(d: Domain) -> Iterator[tuple]:
+    """One tuple a job of ``d`` in the order of JOB_FIELDS, ``starts`` and ``on`` as tuples."""
+    ids = d.w.job_ids or range(1, len(d.w) + 1)
+    size, submit, start, end, on_vms = d.size, d.submit, d.start, d.end, d.on_vms
+    history = d.history
+    for j in range(len(size)):
+        if j in history:
+            yield _one_row(d, j)
+        else:
+            yield (ids[j], submit[j], (start[j],), end[j], size[j],
+                   ("borrowed" if on_vms[j] else "own",), 0, 0.0)
+
+
+def jobs_csv_text(label: str, d: Domain) -> str:
+    """The jobs.csv lines of domain ``d`` in run ``label`` (no header), times to 12 digits."""
+    name = d.name
+    ids = d.w.job_ids or range(1, len(d.w) + 1)
+    size, submit, start, end, on_vms = d.size, d.submit, d.start, d.end, d.on_vms
+    history = d.history
+    lines = []
+    for j in range(len(size)):
+        if j in history:
+            job, sub, starts, e, nodes, on, cuts, lost = _one_row(d, j)
+            lines.append(f"{label},{name},{job},{sub:.12g},"
+                         + ";".join(f"{t:.12g}" for t in starts)
+                         + f",{e:.12g},{nodes},{';'.join(on)},{cuts},{lost:.12g}")
+        else:
+            lines.append(f"{label},{name},{ids[j]},{submit[j]:.12g},{start[j]:.12g},"
+                         f"{end[j]:.12g},{size[j]},{'borrowed' if on_vms[j] else 'own'},0,0")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _one_row(d: Domain, j: int) -> tuple:
+    """The row of a job that was preempted at least once."""
+    ids = d.w.job_ids or range(1, len(d.w) + 1)
+    cut = d.history[j]
+    size = d.size[j]
+    return (ids[j], d.submit[j], (*(c[0] for c in cut), d.start[j]), d.end[j], size,
+            (*("borrowed" if c[2] else "own" for c in cut),
+             "borrowed" if d.on_vms[j] else "own"),
+            len(cut), sum(size * (c[1] - c[0]) for c in cut))

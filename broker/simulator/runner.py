@@ -9,7 +9,8 @@ from dataclasses import dataclass, replace
 
 from broker.policy import DomainPolicy
 from broker.simulator.engine import SimConfig, Simulation
-from broker.simulator.metrics import daily_response, run_summary, series_rows
+from broker.simulator.invariants import InvariantReport, check_run
+from broker.simulator.metrics import daily_response, jobs_csv_text, run_summary, series_rows
 from broker.simulator.workload import Workload
 
 
@@ -22,6 +23,12 @@ class RunOutput:
     jobs: int
     events: int
     daily: dict[str, dict[int, list[float]]]  # domain -> submit day -> [jobs, sum response]
+    jobs_csv: str = ""  # this run's jobs.csv lines (metrics.JOB_FIELDS after run and domain)
+    invariants: InvariantReport | None = None  # with SimConfig.check_invariants
+
+    @property
+    def label(self) -> str:
+        return "sharing" if self.sharing else "no_sharing"
 
     @property
     def jobs_per_s(self) -> float:
@@ -38,9 +45,15 @@ def run_once(
     sim = Simulation(workloads, policies, config, progress=progress)
     result = sim.run()
     wall = time.perf_counter() - t0
-    return RunOutput(config.sharing, run_summary(result), series_rows(result), wall,
+    summary = run_summary(result)
+    label = "sharing" if config.sharing else "no_sharing"
+    report = None
+    if sim.log is not None:
+        report = check_run(result, sim.log, config, summary)
+    return RunOutput(config.sharing, summary, series_rows(result), wall,
                      sim.total_jobs, result.events,
-                     {d.name: daily_response(d) for d in result.domains})
+                     {d.name: daily_response(d) for d in result.domains},
+                     "".join(jobs_csv_text(label, d) for d in result.domains), report)
 
 
 def _child(conn, workloads, policies, config) -> None:
