@@ -89,6 +89,10 @@ class Executor:
         env = {
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_RETRY_FILES_ENABLED": "0",
+            # Ansible's own files in the broker's state, not in a home directory: the broker's
+            # account may have none it can write (a service account, a read-only system).
+            "ANSIBLE_LOCAL_TEMP": str(self.private_dir / "tmp"),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.private_dir / "cp"),
             "PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
         }
         for var, sub in (

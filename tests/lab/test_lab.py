@@ -190,6 +190,31 @@ def test_demo_trades_a_machine(site, tmp_path) -> None:
             print(f"demo {attempt}: {key:24} {secs if secs is None else round(secs, 2)}")
 
 
+def test_brokers_run_unprivileged_and_no_host_logs_in_to_another_as_root(site) -> None:
+    """After the demo's trade: each broker runs as Slurm's account, not root; no broker key
+    opens root on any host; and every root login any host's sshd accepted came from the
+    control node (Ansible), none from another lab host (a broker)."""
+    plan = site["plan"]
+    control = str(topology.CONTROL_NET.network_address + 1)
+    broker_keys = {}
+    for domain in ("a", "b"):
+        head = f"{domain}-head"
+        user = ssh(plan, head, "ps -o user= -p $(systemctl show -p MainPID --value viocluster-broker)").strip()
+        assert user == "slurm", f"the broker on {head} runs as {user!r}"
+        broker_keys[domain] = ssh(plan, head, "ssh-keygen -y -f /etc/viocluster-broker/ssh_key").split()[1]
+    for host in plan.hosts:
+        authorised = ssh(plan, host.name, "cat /root/.ssh/authorized_keys")
+        for domain, key in broker_keys.items():
+            assert key not in authorised, f"{host.name}: broker {domain}'s key logs in as root"
+        accepted = ssh(plan, host.name, "journalctl -u ssh --no-pager -o cat | "
+                       "sed -n 's/^Accepted publickey for root from \\([0-9.]*\\).*/\\1/p' | sort -u")
+        sources = set(accepted.split())
+        assert sources <= {control}, f"{host.name}: root logins from {sorted(sources - {control})}"
+        logins = ssh(plan, host.name, "journalctl -u ssh --no-pager -o cat | "
+                     "sed -n 's/^Accepted publickey for \\([a-z0-9-]*\\) from.*/\\1/p' | sort -u").split()
+        print(f"{host.name}: accounts logged in to: {', '.join(logins)}")
+
+
 # Faults on the live trade -------------------------------------------------------------------
 # Each drill (broker/lab/drill.py) makes A borrow a VM of B with a job of A's on it, makes the
 # fault, and polls both sides. Where the fault ends the trade: both contracts ended and the
