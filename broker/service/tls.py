@@ -8,6 +8,10 @@ a certificate whose SHA-256 fingerprint its config lists for that peer, and it c
 server it calls presents a fingerprint pinned for it. A certificate no trusted CA signed is
 refused during the handshake; one a trusted CA signed that is not pinned gets a 403.
 
+A CA's private key may be encrypted at rest with a passphrase (PKCS#8 with the best encryption
+``cryptography`` offers); keys of earlier releases, stored unencrypted, are still read. A
+domain's own TLS key is never encrypted: its broker reads it unattended.
+
 Why the peers' CAs are trust anchors at all, when the pin alone decides: Python's ``ssl`` cannot
 ask for a client certificate without verifying its chain (``CERT_OPTIONAL`` and
 ``CERT_REQUIRED`` both verify; ``CERT_NONE`` asks for none), and it has no verify callback in
@@ -31,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from broker.errors import ConfigError
+from broker.errors import ConfigError, UserError
 
 VALID_DAYS = 825
 
@@ -49,16 +53,48 @@ class KeyPair:
         key.write_bytes(self.key_pem)
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+def _key_pem(key: ec.EllipticCurvePrivateKey, passphrase: bytes | None = None) -> bytes:
+    """PKCS#8 PEM, encrypted with ``passphrase`` when one is given."""
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase
+        else serialization.NoEncryption())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             encryption)
 
 
-def make_ca(name: str, days: int = VALID_DAYS) -> KeyPair:
-    """A self-signed CA for one deployment of brokers."""
+def is_encrypted_key(pem: bytes) -> bool:
+    """Whether a PEM private key needs a passphrase (PKCS#8 or the older OpenSSL form)."""
+    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in pem or b"Proc-Type: 4,ENCRYPTED" in pem
+
+
+def load_private_key(pem: bytes, passphrase: bytes | None, where: str,
+                     hint: str = "") -> ec.EllipticCurvePrivateKey:
+    """Read a PEM private key, encrypted or not. A key that is encrypted while no passphrase is
+    given, a wrong passphrase and a file that is no EC key are each a one-line UserError that
+    names ``where`` (and adds ``hint``, what to do)."""
+    encrypted = is_encrypted_key(pem)
+    if encrypted and not passphrase:
+        raise UserError(f"{where} is encrypted and no passphrase was given" + (f"; {hint}" if hint else ""))
+    try:
+        key = serialization.load_pem_private_key(pem, password=passphrase if encrypted else None)
+    except ValueError:
+        if encrypted:
+            raise UserError(f"{where}: the passphrase does not decrypt it; check the passphrase "
+                            "file or variable") from None
+        raise UserError(f"{where} is not a PEM private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise UserError(f"{where} is not an EC private key")
+    return key
+
+
+def encrypt_key(pem: bytes, passphrase: bytes, where: str) -> bytes:
+    """The unencrypted PEM key ``pem`` encrypted with ``passphrase`` (an earlier release's CA key)."""
+    return _key_pem(load_private_key(pem, None, where), passphrase)
+
+
+def make_ca(name: str, days: int = VALID_DAYS, passphrase: bytes | None = None) -> KeyPair:
+    """A self-signed CA for one deployment of brokers, or for one domain. Its key is encrypted
+    with ``passphrase`` when one is given."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} broker CA")])
     now = dt.datetime.now(dt.timezone.utc)
@@ -81,21 +117,23 @@ def make_ca(name: str, days: int = VALID_DAYS) -> KeyPair:
         )
         .sign(key, hashes.SHA256())
     )
-    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key, passphrase))
 
 
 def make_domain_cert(
     ca: KeyPair, domain: str, names: list[str] | tuple[str, ...] = (), days: int = VALID_DAYS,
-    key_pem: bytes | None = None,
+    key_pem: bytes | None = None, ca_passphrase: bytes | None = None,
 ) -> KeyPair:
     """A certificate for ``domain``'s broker, usable as TLS server and client.
 
     ``names`` are the host names and IP addresses peers use to reach it (subjectAltName).
     ``key_pem``: keep this private key (a renewal); without it a new key is made. The
     certificate ends ``days`` from now, or when the CA does if that is sooner.
+    ``ca_passphrase`` opens the CA's key when it is encrypted. The domain's key is not
+    encrypted: its broker reads it unattended.
     """
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
-    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    ca_key = load_private_key(ca.key_pem, ca_passphrase, "the CA key")
     if key_pem is None:
         key = ec.generate_private_key(ec.SECP256R1())
     else:
@@ -123,7 +161,7 @@ def make_domain_cert(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
             critical=False,
         )
-        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+        .sign(ca_key, hashes.SHA256())
     )
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 

@@ -180,6 +180,7 @@ def test_a_pinned_peer_whose_ca_is_not_given_is_refused_in_the_handshake(tmp_pat
 ])
 def test_a_wrong_peer_ca_file_is_one_line(tmp_path, capsys, what, words):
     pki, _port, conf = _lender(tmp_path)
+    capsys.readouterr()  # the CLI's warnings that these test CA keys are unencrypted
     raw = yaml.safe_load(conf.read_text())
     bad = tmp_path / "bad.crt"
     if what == "garbage":
