@@ -215,6 +215,113 @@ def test_brokers_run_unprivileged_and_no_host_logs_in_to_another_as_root(site) -
         print(f"{host.name}: accounts logged in to: {', '.join(logins)}")
 
 
+# Isolation of a lent machine, on the live trade ---------------------------------------------
+# A VM of A on B's lending host, probed from inside (a job of A's, run as root in the guest,
+# which is what a hostile guest can do), and the peer account on that host probed as itself.
+#: What a VM of A must not reach on B's side: (what, bash test that succeeds when reached).
+def _unreachable_from_vm(b: dict[str, str], lender: str) -> dict[str, str]:
+    other = next(h for h in ("b-node1", "b-node2") if h != lender)
+    tcp = "timeout 3 bash -c '</dev/tcp/{}/{}' 2>/dev/null"
+    return {
+        "B's head node (ping)": f"ping -c 1 -W 2 {b['b-head']} >/dev/null 2>&1",
+        "B's slurmctld (6817/tcp)": tcp.format(b["b-head"], 6817),
+        "B's head node's sshd (22/tcp)": tcp.format(b["b-head"], 22),
+        "the lending host's sshd (22/tcp, physical address)": tcp.format(b[lender], 22),
+        "the lending host's slurmd (6818/tcp)": tcp.format(b[lender], 6818),
+        f"B's other node {other}'s slurmd (6818/tcp)": tcp.format(b[other], 6818),
+        f"B's other node {other} (ping)": f"ping -c 1 -W 2 {b[other]} >/dev/null 2>&1",
+    }
+
+
+def test_lent_vm_and_peer_account_are_isolated_on_the_lender(site) -> None:
+    """A VM of A on B's host reaches A's network and nothing of B's: not B's physical network,
+    B's scheduler or the lending host (IPv4 or IPv6 link-local); the peer account it runs as
+    reads none of B's keys, cannot drive B's switch, has no sudo, and its bridge holds only its
+    own devices."""
+    from broker.lab.demo import reset
+    from broker.lab.drill import HEADS, Drill
+
+    plan = site["plan"]
+    b_addr = {h.name: h.ip for h in plan.hosts if h.name.startswith("b-")}
+    drill = Drill(plan, log=print, jobs=3, job_seconds=90)
+    try:
+        trade = drill.start_trade()
+        lender = trade.host
+        in_vm = "srun --jobid={} --overlap -N1 -n1 -w {} bash -c {}".format(trade.job, trade.node, "{}")
+
+        # a positive control first: the probe does reach what it should (A's head node)
+        a_head = virtual_address("a", "a-head")
+        assert ssh(plan, "a-head", in_vm.format(shlex.quote(
+            f"ping -c 1 -W 2 {a_head} >/dev/null && echo reached"))).strip() == "reached"
+        for what, probe in _unreachable_from_vm(b_addr, lender).items():
+            out = ssh(plan, "a-head", in_vm.format(shlex.quote(
+                f"if {probe}; then echo reached; else echo blocked; fi"))).strip()
+            assert out == "blocked", f"the VM {trade.node} on {lender} reaches {what}"
+
+        # IPv6: every address that answers the all-nodes group on the VM's network is A's
+        lender_ll = set(ssh(plan, lender, "ip -6 -o addr show scope link | awk '{print $4}' "
+                                          "| cut -d/ -f1").split())
+        answers = ssh(plan, "a-head", in_vm.format(shlex.quote(
+            "dev=$(ls /sys/class/net | grep -vx lo | head -n 1); "
+            "ping -6 -c 2 -w 3 -I $dev ff02::1 2>/dev/null | sed -n 's/.* from \\([0-9a-f:]*\\).*/\\1/p' "
+            "| sort -u"))).split()
+        assert answers, "no host answered the VM over IPv6 (A's own hosts should: the probe is broken)"
+        assert not set(answers) & lender_ll, \
+            f"the VM reaches {lender} over IPv6 link-local: {sorted(set(answers) & lender_ll)}"
+
+        # the peer account, as itself, on the lending host
+        peer = "vcpeera"
+        as_peer = f"runuser -u {peer} -- "
+        for what, cmd in {
+            "B's munge key": "cat /etc/munge/munge.key",
+            "B's switch key": "cat /etc/violin/b.key",
+            "B's switch daemon (control socket)": "violinctl -n b peers list",
+            "sudo": "sudo -n true",
+            "the lender broker's login (adding a key)":
+                "sh -c 'echo ssh-ed25519 AAAA x >> /var/lib/vcbroker/.ssh/authorized_keys'",
+        }.items():
+            out = ssh(plan, lender, f"if {as_peer}{cmd} >/dev/null 2>&1; then echo allowed; "
+                                    "else echo refused; fi").strip()
+            assert out == "refused", f"{peer} on {lender} can use {what} ({cmd})"
+        ports = ssh(plan, lender, f"ip -o link show master {peer}br | awk -F': ' '{{print $2}}'").split()
+        assert ports and all(p.split("@")[0].startswith(peer) for p in ports), \
+            f"{peer}'s bridge on {lender} holds {ports}"
+    finally:
+        try:
+            reset(drill.shell, HEADS, 240.0)
+        finally:
+            drill.close()
+
+
+def test_peer_vm_beyond_its_memory_cap_is_stopped_and_the_host_unharmed(site) -> None:
+    """The lender's cap on a peer account (its systemd user slice's MemoryMax) stops a VM that
+    uses more: the peer boots UML itself, past cow_vm's limits check, with more memory than
+    the cap and a guest that fills it. Needs the lending host's systemd to hold the memory
+    controller (cgroup v2, or a delegated v1 hierarchy)."""
+    plan = site["plan"]
+    lender, peer = "b-node1", "vcpeera"
+    uid = ssh(plan, lender, f"id -u {peer}").strip()
+    slice_dir = f"/sys/fs/cgroup/user.slice/user-{uid}.slice"
+    cap = ssh(plan, lender, f"systemctl show -p MemoryMax --value user-{uid}.slice").strip()
+    enforced = ssh(plan, lender, f"test -e {slice_dir}/memory.max -o -e "
+                                 f"/sys/fs/cgroup/memory/user.slice/user-{uid}.slice/memory.limit_in_bytes "
+                                 "&& echo yes || echo no").strip()
+    if enforced != "yes":
+        pytest.skip(f"{lender}'s systemd has no memory controller (the cap {cap} bytes is "
+                    "configured but this machine's containers get the memory cgroup read-only), "
+                    "so the cap cannot be enforced here")
+    mem_mb = int(cap) // 2**20 + 512
+    guest = ('"mount -t proc p /proc; mount -t tmpfs -o size=95% t /mnt; '
+             f'dd if=/dev/zero of=/mnt/fill bs=1M count={mem_mb - 64}; echo FILLED; halt -f"')
+    run = (f"ssh -i /etc/viocluster-broker/ssh_key -o BatchMode=yes -o StrictHostKeyChecking=no "
+           f"-o UserKnownHostsFile=/dev/null {peer}@{dict((h.name, h.ip) for h in plan.hosts)[lender]} "
+           f"{shlex.quote(f'cd ~/vms && rm -f hog.cow && linux ubd0=hog.cow,/var/lib/viocluster/images/node.img umid=hog mem={mem_mb}M con=null con0=fd:0,fd:1 root=/dev/ubda rw init=/bin/sh -- -c {guest} </dev/null; echo exit=$?; rm -f hog.cow')} || true")
+    out = ssh(plan, "a-head", run, timeout=300)
+    assert "FILLED" not in out, f"a VM of {mem_mb} MB filled its memory under a cap of {cap} bytes"
+    assert ssh(plan, lender, f"pgrep -u {peer} -x linux || echo none").strip() == "none"
+    assert ssh(plan, lender, "systemctl is-active slurmd ssh violin-switchd@b").split() == ["active"] * 3
+
+
 # Faults on the live trade -------------------------------------------------------------------
 # Each drill (broker/lab/drill.py) makes A borrow a VM of B with a job of A's on it, makes the
 # fault, and polls both sides. Where the fault ends the trade: both contracts ended and the
