@@ -79,7 +79,8 @@ def write_domain_keys(inventory: dict, state_dir: Path) -> None:
 
     ``violin-<domain>.key``: the domain's virtual-network key. ``broker-<domain>``: the SSH key
     the domain's broker logs in to lending hosts of peer domains with (its ``.pub`` goes into
-    the lending accounts' authorized_keys).
+    the lending accounts' authorized_keys). ``ca-passphrase``: the passphrase the brokers' CA
+    keys are encrypted with.
     """
     domains, _ = topology.domains_from_inventory(inventory)
     for domain in domains:
@@ -95,6 +96,11 @@ def write_domain_keys(inventory: dict, state_dir: Path) -> None:
                  "-f", str(broker_key)],
                 check=True, capture_output=True,
             )
+    passphrase = state_dir / "ca-passphrase"
+    if not passphrase.exists():
+        fd = os.open(passphrase, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32) + "\n")
 
 
 def build_wheels() -> None:
