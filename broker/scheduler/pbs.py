@@ -1,19 +1,33 @@
-"""PBS Professional / OpenPBS adapter - UNTESTED against a live server.
+"""OpenPBS / PBS Professional adapter, tested against a live OpenPBS 23.06.
 
-Written from the PBS Professional reference (``qstat -f -F json``, ``pbsnodes -a -F json``,
-``qmgr``, ``qrerun``) behind the same interface as the Slurm adapter. No PBS server is packaged
-for Debian 12, so only the parsers are tested (on sample output shaped like the reference's);
-treat the commands as a starting point and check them on a real server before relying on them.
+Mapping (what the tests in tests/pbs/ check on a real server, scheduler and MoMs):
 
-Mapping:
-
-* demand: jobs in state Q (queued) and R (running), ``Resource_List.nodect`` nodes each;
-* borrowed nodes carry the custom boolean resource ``resources_available.<feature>=True``
-  (create it once with ``qmgr -c "create resource borrowed type=boolean,flag=h"``);
-* a borrowed VM is created with ``qmgr -c "create node NAME"`` and marked borrowed; its MoM
-  then reports in;
-* remove: ``pbsnodes -o`` (offline), ``qrerun`` each job on it, then ``qmgr -c "delete node"``;
-* lend: ``pbsnodes -o -C viocluster-lent:<contract>``; unlend: ``pbsnodes -r``.
+* Demand from ``qstat -f -F json``: jobs queued (Q) wait, jobs running (R, or E while they end)
+  run; each wants ``Resource_List.nodect`` nodes. Finished (F, with job history), moved (M)
+  and expired (X) jobs are not demand.
+* Nodes from ``pbsnodes -a -F json``. A borrowed node carries the host-level boolean resource
+  ``resources_available.<feature> = True`` (the pbs role creates the resource, ``borrowed``
+  by default). A lent node is ``offline`` with the comment ``viocluster-lent:<contract>``.
+  A node whose MoM the server does not hear is ``down`` (or ``state-unknown`` before its
+  first contact): it is not responding.
+* After a node is created or deleted the server sends every MoM the cluster's new address
+  list and shows each as ``down`` (no comment) until it answers, a second or two. A MoM the
+  server lost is ``down`` with the comment ``node down: <why>``. :meth:`PbsAdapter.snapshot`
+  reads the nodes again while any is in the first case (up to ``settle_s``), so that a
+  domain's own nodes never look lost for a moment after a trade.
+* Jobs never span physical and borrowed nodes: the pbs role makes the borrowed resource the
+  server's placement-set key (``node_group_key``, ``node_group_enable``) and tells the
+  scheduler never to span sets (``do_not_span_psets``). Nodes without the resource (the
+  domain's own) form one set, borrowed ones the other, and a job runs inside one of them.
+* Admit: ``qmgr -c "create node NAME resources_available.<feature>=True"`` in one command, so
+  that the scheduler never sees the new node unmarked (for a moment it would be a physical
+  node), then wait until its MoM answers (free, or already given a job), and start a
+  scheduling cycle (a node coming up does not always start one).
+* Remove: the node goes offline (no new job), each job on it is requeued (``qrerun``), and once
+  no job is left on it the node is deleted (``qmgr -c "delete node"``). Only then may the VM
+  be stopped.
+* Lend: ``pbsnodes -o -C viocluster-lent:<contract>``; unlend: ``pbsnodes -r``, the comment
+  is unset and a scheduling cycle started (a node back in service starts none by itself).
 """
 
 from __future__ import annotations
@@ -26,16 +40,22 @@ from broker.scheduler.base import (
     Job,
     Node,
     RemoveResult,
-    SchedulerAdapter,
     SchedulerError,
     Snapshot,
 )
 from broker.scheduler.command import CommandAdapter
 
-_JOB_STATES = {"Q": "pending", "H": "held", "W": "waiting", "R": "running", "E": "exiting"}
+_JOB_STATES = {
+    "Q": "pending", "R": "running", "E": "running", "H": "held", "W": "waiting",
+    "T": "transit", "S": "suspended", "U": "suspended", "B": "running",
+}
+#: Jobs that left the queue (listed only with job history or as array subjobs).
+_GONE = frozenset({"F", "M", "X"})
 
 
 def _json(text: str, what: str) -> dict[str, Any]:
+    if not text.strip():
+        return {}
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -43,95 +63,193 @@ def _json(text: str, what: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _hosts(exec_host: str) -> tuple[str, ...]:
+    """``head/0*1+node1/0*1`` -> ``('head', 'node1')``."""
+    return tuple(sorted({part.split("/")[0] for part in exec_host.split("+") if part}))
+
+
 def parse_qstat_json(text: str) -> tuple[Job, ...]:
+    """Jobs still queued or running, from ``qstat -f -F json``."""
     jobs = []
     for job_id, raw in _json(text, "qstat -f -F json").get("Jobs", {}).items():
+        code = str(raw.get("job_state", ""))
+        if code in _GONE:
+            continue
         resources = raw.get("Resource_List", {})
-        exec_host = raw.get("exec_host", "")
-        hosts = tuple(sorted({part.split("/")[0] for part in exec_host.split("+") if part}))
-        jobs.append(
-            Job(
-                id=job_id,
-                state=_JOB_STATES.get(raw.get("job_state", ""), raw.get("job_state", "").lower()),
-                nodes=int(resources.get("nodect", 1)),
-                node_list=hosts,
-            )
-        )
+        try:
+            nodes = max(int(resources.get("nodect", 1)), 0)
+        except (TypeError, ValueError):
+            nodes = 1
+        jobs.append(Job(
+            id=job_id,
+            state=_JOB_STATES.get(code, code.lower()),
+            nodes=nodes,
+            node_list=_hosts(str(raw.get("exec_host", ""))),
+        ))
     return tuple(jobs)
 
 
-def _node_state(text: str) -> str:
-    states = [s.strip() for s in text.split(",")]
-    if "down" in states or "state-unknown" in states:
-        return "down"
+def _node_state(text: str, has_jobs: bool) -> tuple[str, bool]:
+    """The adapter's state word and whether the MoM answers, from PBS's state list
+    (``free``, ``job-busy``, ``offline,job-busy``, ``down``, ``state-unknown,down``...)."""
+    states = {s.strip() for s in text.split(",") if s.strip()}
+    responding = not states & {"down", "state-unknown", "unresolvable"}
+    if not responding:
+        return "down", False
     if "offline" in states:
-        return "drained"
-    if "job-busy" in states or "job-exclusive" in states:
-        return "allocated"
+        return "drained", True
+    if states & {"job-busy", "job-exclusive", "resv-exclusive", "busy"}:
+        return "allocated", True
     if "free" in states:
-        return "idle"
-    return states[0] if states else "unknown"
+        return ("mixed" if has_jobs else "idle"), True
+    return (sorted(states)[0] if states else "unknown"), True
+
+
+def settling(raw: dict[str, Any]) -> bool:
+    """The server is re-sending the cluster's addresses to this node's MoM: ``down`` with no
+    comment of the server's (a lost MoM's says ``node down: ...``; a new node is
+    ``state-unknown,down``)."""
+    states = {s.strip() for s in str(raw.get("state", "")).split(",")}
+    return states == {"down"} and not str(raw.get("comment", "")).startswith("node down")
+
+
+def _mem_mb(value: Any) -> int:
+    text = str(value or "0").strip().lower()
+    units = {"kb": 1 / 1024, "mb": 1, "gb": 1024, "tb": 1024 * 1024, "b": 1 / (1024 * 1024)}
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            try:
+                return int(float(text[: -len(suffix)]) * factor)
+            except ValueError:
+                return 0
+    try:
+        return int(int(text) / (1024 * 1024))  # plain bytes
+    except ValueError:
+        return 0
 
 
 def parse_pbsnodes_json(text: str, feature: str) -> tuple[Node, ...]:
+    """Nodes from ``pbsnodes -a -F json``; ``feature`` is the boolean resource marking
+    borrowed nodes."""
     nodes = []
     for name, raw in _json(text, "pbsnodes -a -F json").get("nodes", {}).items():
+        if not isinstance(raw, dict) or "state" not in raw:
+            continue  # asked for by name and absent: {"NAME": {"NAME": "Unknown node "}}
         avail = raw.get("resources_available", {})
-        mem = str(avail.get("mem", "0kb")).lower()
-        mem_mb = int(mem.rstrip("kmgb") or 0)
-        mem_mb = mem_mb // 1024 if mem.endswith("kb") else mem_mb * 1024 if mem.endswith("gb") else mem_mb
         flag = avail.get(feature)
-        nodes.append(
-            Node(
-                name=name,
-                state=_node_state(raw.get("state", "")),
-                features=(feature,) if flag in (True, "True", "true") else (),
-                cpus=int(avail.get("ncpus", 0)),
-                memory_mb=mem_mb,
-                reason=str(raw.get("comment", "")),
-            )
-        )
+        state, responding = _node_state(str(raw.get("state", "")), bool(raw.get("jobs")))
+        try:
+            cpus = int(avail.get("ncpus", 0))
+        except (TypeError, ValueError):
+            cpus = 0
+        nodes.append(Node(
+            name=name,
+            state=state,
+            responding=responding,
+            features=(feature,) if flag in (True, "True", "true") else (),
+            cpus=cpus,
+            memory_mb=_mem_mb(avail.get("mem")),
+            reason=str(raw.get("comment", "")),
+        ))
     return tuple(nodes)
 
 
 class PbsAdapter(CommandAdapter):
-    """A PBS Professional / OpenPBS domain. UNTESTED against a live server (see above)."""
+    """An OpenPBS (or PBS Professional) domain, driven through its command-line tools."""
 
-    default_poll_s = 0.5
+    default_poll_s = 0.3
+    #: How long a snapshot waits for nodes the server is re-sending the cluster's addresses to.
+    settle_s = 5.0
+
+    def jobs(self) -> tuple[Job, ...]:
+        return parse_qstat_json(self.run("qstat", "-f", "-F", "json"))
+
+    def nodes(self) -> tuple[Node, ...]:
+        deadline = time.monotonic() + self.settle_s
+        while True:
+            text = self.run("pbsnodes", "-a", "-F", "json")
+            raw = _json(text, "pbsnodes -a -F json").get("nodes", {})
+            if time.monotonic() > deadline or not any(
+                    isinstance(v, dict) and settling(v) for v in raw.values()):
+                return parse_pbsnodes_json(text, self.borrowed_feature)
+            time.sleep(self.poll_s)
 
     def snapshot(self) -> Snapshot:
-        jobs = parse_qstat_json(self.run("qstat", "-f", "-F", "json"))
-        nodes = parse_pbsnodes_json(self.run("pbsnodes", "-a", "-F", "json"), self.borrowed_feature)
-        return Snapshot(jobs, nodes, self.borrowed_feature, self.lent_reason)
+        return Snapshot(self.jobs(), self.nodes(), self.borrowed_feature, self.lent_reason)
 
     def _node(self, name: str) -> Node | None:
-        return self.snapshot().node(name)
+        out = self.run("pbsnodes", "-F", "json", name, check=False)
+        try:
+            found = parse_pbsnodes_json(out, self.borrowed_feature)
+        except SchedulerError:
+            return None  # "Server has no node list" is not JSON
+        return next((n for n in found if n.name == name), None)
+
+    def _jobs_on(self, name: str) -> tuple[str, ...]:
+        return tuple(j.id for j in self.jobs()
+                     if j.state == "running" and name in j.node_list)
+
+    # ------------------------------------------------------------------ changing
 
     def admit(self, node: str, timeout: float = 30.0) -> Node:
+        mark = f"resources_available.{self.borrowed_feature}=True"
         if self._node(node) is None:
-            self.run("qmgr", "-c", f"create node {node}")
-        self.run("qmgr", "-c", f"set node {node} resources_available.{self.borrowed_feature}=True")
+            self.run("qmgr", "-c", f"create node {node} {mark}")
+        else:
+            self.run("qmgr", "-c", f"set node {node} {mark}")
         deadline = time.monotonic() + timeout
+        seen: Node | None = None
         while time.monotonic() < deadline:
             seen = self._node(node)
             if seen is not None and seen.joined:
+                self._kick()  # jobs waiting for it start now, not at the next cycle
                 return seen
             time.sleep(self.poll_s)
-        raise SchedulerError(f"PBS node {node} did not join within {timeout:g} s")
+        where = f"it is {seen.state}" if seen else "the server lost it"
+        raise SchedulerError(
+            f"PBS node {node} did not join within {timeout:g} s ({where}); check the VM's "
+            "console and its MoM's log"
+        )
 
     def remove(self, node: str, reason: str, timeout: float = 30.0) -> RemoveResult:
-        snap = self.snapshot()
-        if snap.node(node) is None:
+        if self._node(node) is None:
             return RemoveResult(node, existed=False)
         self.run("pbsnodes", "-o", "-C", reason, node)
-        running = tuple(j.id for j in snap.jobs if j.state == "running" and node in j.node_list)
+        running = self._jobs_on(node)
         for job in running:
-            self.run("qrerun", job)
-        self.run("qmgr", "-c", f"delete node {node}")
+            self.run("qrerun", job, check=False)  # a job that just ended is no error
+        deadline = time.monotonic() + timeout
+        while self._jobs_on(node):
+            if time.monotonic() > deadline:
+                raise SchedulerError(f"jobs still run on {node} {timeout:g} s after qrerun")
+            time.sleep(self.poll_s)
+        last = ""
+        while True:
+            out = self.run("qmgr", "-c", f"delete node {node}", check=False)
+            if self._node(node) is None:
+                break
+            last = out.strip()
+            if time.monotonic() > deadline:
+                raise SchedulerError(f"qmgr delete node {node} refused: {last or 'busy'}")
+            time.sleep(self.poll_s)
         return RemoveResult(node, requeued=running)
 
     def lend(self, node: str, contract_id: str) -> None:
         self.run("pbsnodes", "-o", "-C", f"{self.lent_reason}:{contract_id}", node)
 
     def unlend(self, node: str) -> None:
+        current = self._node(node)
+        if current is None or not current.reason.startswith(self.lent_reason):
+            return
         self.run("pbsnodes", "-r", node)
+        self.run("qmgr", "-c", f"unset node {node} comment")
+        self._kick()
+
+    def _kick(self) -> None:
+        """Start a scheduling cycle now: a node back in service or new starts none for sure
+        (the next would come with a job's arrival or end, or after scheduler_iteration, 10
+        minutes by default). Setting ``scheduling`` to True starts one; it is set only where it is
+        True already, so that an administrator's pause stays."""
+        listed = self.run("qmgr", "-c", "list server scheduling", check=False)
+        if "scheduling = True" in listed:
+            self.run("qmgr", "-c", "set server scheduling = True")
