@@ -191,9 +191,10 @@ def test_demo_trades_a_machine(site, tmp_path) -> None:
 
 
 def test_brokers_run_unprivileged_and_no_host_logs_in_to_another_as_root(site) -> None:
-    """After the demo's trade: each broker runs as Slurm's account, not root; no broker key
-    opens root on any host; and every root login any host's sshd accepted came from the
-    control node (Ansible), none from another lab host (a broker)."""
+    """After the demo's trade: each broker runs as Slurm's account, not root, and checks every
+    host's SSH key against the keys site.yml pinned; no broker key opens root on any host; and
+    every root login any host's sshd accepted came from the control node (Ansible), none from
+    another lab host (a broker)."""
     plan = site["plan"]
     control = str(topology.CONTROL_NET.network_address + 1)
     broker_keys = {}
@@ -202,6 +203,12 @@ def test_brokers_run_unprivileged_and_no_host_logs_in_to_another_as_root(site) -
         user = ssh(plan, head, "ps -o user= -p $(systemctl show -p MainPID --value viocluster-broker)").strip()
         assert user == "slurm", f"the broker on {head} runs as {user!r}"
         broker_keys[domain] = ssh(plan, head, "ssh-keygen -y -f /etc/viocluster-broker/ssh_key").split()[1]
+        # host keys pinned by site.yml: every lab host's own key, and checking on
+        known = ssh(plan, head, "cat /etc/viocluster-broker/known_hosts").splitlines()
+        for host in plan.hosts:
+            key = ssh(plan, host.name, "cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub").strip()
+            assert f"{host.ip} {key}" in known, f"{head}'s broker does not pin {host.name}'s host key"
+        assert "StrictHostKeyChecking=yes" in ssh(plan, head, "cat /etc/viocluster-broker/inventory.yml")
     for host in plan.hosts:
         authorised = ssh(plan, host.name, "cat /root/.ssh/authorized_keys")
         for domain, key in broker_keys.items():
