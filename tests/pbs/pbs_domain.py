@@ -15,6 +15,7 @@ reaches the server's commands through ``nsenter`` into the head's namespaces.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -36,6 +37,7 @@ UID = 3911
 HOSTS = {"head": 11, "node1": 12, "vm1": 13}
 #: A name that resolves on the head but where no MoM runs: a VM that never comes up.
 GHOST = ("ghost", f"{SUBNET}.99")
+RESOLV_CONF = "# no name server: every name is in /etc/hosts"
 PATH = "/opt/pbs/bin:/opt/pbs/sbin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -165,6 +167,14 @@ def start(log: Path) -> PbsDomain:
     p = plan()
     try:
         labhosts.create(p)
+        domain = PbsDomain(p)
+        for host in HOSTS:
+            # Every name is in /etc/hosts, and the name server the hosts inherit (nspawn binds
+            # this machine's resolv.conf) is out of their reach: without one, a lookup PBS's
+            # start-up makes (an IPv6 address of the host's name) fails at once instead of
+            # after a 10 s time-out, several times.
+            domain.run("sh", "-c", "if mountpoint -q /etc/resolv.conf; then umount /etc/resolv.conf; fi"
+                       f" && echo '{RESOLV_CONF}' > /etc/resolv.conf", host=host)
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         (STATE_DIR / "inventory.json").write_text(json.dumps(_inventory(p, build.archive)))
         (STATE_DIR / "site.yml").write_text(PLAYBOOK)
@@ -178,6 +188,8 @@ def start(log: Path) -> PbsDomain:
             "ANSIBLE_FORCE_COLOR": "0",
             "HOME": str(STATE_DIR),
         }
+        if "ANSIBLE_LOG_PATH" in os.environ:  # a timed log of the role's run, when asked for
+            env["ANSIBLE_LOG_PATH"] = os.environ["ANSIBLE_LOG_PATH"]
         with open(log, "w") as out:
             proc = subprocess.run(
                 [str(venv_bin / "ansible-playbook"),
@@ -188,7 +200,7 @@ def start(log: Path) -> PbsDomain:
         if proc.returncode != 0:
             raise RuntimeError(f"the pbs role failed on the test hosts; see {log}:\n"
                                + log.read_text(errors="replace")[-4000:])
-        return PbsDomain(p)
+        return domain
     except BaseException:
         labhosts.destroy(p)
         raise
