@@ -433,7 +433,8 @@ def render_playbook(tmp: Path, out: Path) -> Path:
     """site.yml with stand-in roles and tasks that only resolve what they would use."""
     # preflight.yml's grouping of the hosts by mode, which site.yml's plays target
     preflight = yaml.safe_load((PLAYBOOKS / "preflight.yml").read_text())[0]
-    grouping = [t for t in preflight["tasks"] if "ansible.builtin.group_by" in t]
+    grouping = [t for t in preflight["tasks"]
+                if "ansible.builtin.group_by" in t or "ansible.builtin.add_host" in t]
     assert grouping, "preflight.yml no longer groups the hosts by mode: update this helper"
     plays: list[dict[str, Any]] = [{"name": "Group the hosts by mode", "hosts": preflight["hosts"],
                                     "gather_facts": False, "tasks": grouping}]
