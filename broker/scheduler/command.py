@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from broker.errors import ConfigError
-from broker.scheduler.base import SchedulerAdapter, SchedulerError
+from broker.scheduler.base import Node, SchedulerAdapter, SchedulerError
 
 
 @dataclass(frozen=True)
@@ -101,3 +102,28 @@ class CommandAdapter(SchedulerAdapter):
             borrowed_feature=str(options.get("borrowed_feature", "borrowed")),
             lent_reason=str(options.get("lent_reason", "viocluster-lent")),
         )
+
+    # What each adapter reads of one node; remove() below is built on them.
+    def _node(self, name: str) -> Node | None:
+        raise NotImplementedError
+
+    def _jobs_on(self, name: str) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def _wait_then_delete(self, node: str, timeout: float, taken_off_by: str,
+                          delete: Sequence[str]) -> None:
+        """The last steps of a removal: wait until no job runs on ``node`` (``taken_off_by``
+        requeued them), then run ``delete`` until the scheduler no longer knows the node (it
+        refuses while a job is still leaving). Both within ``timeout`` seconds from now."""
+        deadline = time.monotonic() + timeout
+        while self._jobs_on(node):
+            if time.monotonic() > deadline:
+                raise SchedulerError(f"jobs still run on {node} {timeout:g} s after {taken_off_by}")
+            time.sleep(self.poll_s)
+        while True:
+            out = self.run(*delete, check=False)
+            if self._node(node) is None:
+                return
+            if time.monotonic() > deadline:
+                raise SchedulerError(f"{' '.join(delete)} refused: {out.strip() or 'busy'}")
+            time.sleep(self.poll_s)

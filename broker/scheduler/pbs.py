@@ -218,20 +218,7 @@ class PbsAdapter(CommandAdapter):
         running = self._jobs_on(node)
         for job in running:
             self.run("qrerun", job, check=False)  # a job that just ended is no error
-        deadline = time.monotonic() + timeout
-        while self._jobs_on(node):
-            if time.monotonic() > deadline:
-                raise SchedulerError(f"jobs still run on {node} {timeout:g} s after qrerun")
-            time.sleep(self.poll_s)
-        last = ""
-        while True:
-            out = self.run("qmgr", "-c", f"delete node {node}", check=False)
-            if self._node(node) is None:
-                break
-            last = out.strip()
-            if time.monotonic() > deadline:
-                raise SchedulerError(f"qmgr delete node {node} refused: {last or 'busy'}")
-            time.sleep(self.poll_s)
+        self._wait_then_delete(node, timeout, "qrerun", ("qmgr", "-c", f"delete node {node}"))
         return RemoveResult(node, requeued=running)
 
     def lend(self, node: str, contract_id: str) -> None:

@@ -202,20 +202,7 @@ class SlurmAdapter(CommandAdapter):
             return RemoveResult(node, existed=False)
         running = self._jobs_on(node)
         self.run("scontrol", "update", f"nodename={node}", "state=down", f"reason={reason}")
-        deadline = time.monotonic() + timeout
-        while self._jobs_on(node):
-            if time.monotonic() > deadline:
-                raise SchedulerError(f"jobs still run on {node} {timeout:g} s after state=down")
-            time.sleep(self.poll_s)
-        last = ""
-        while True:
-            out = self.run("scontrol", "delete", f"nodename={node}", check=False)
-            if self._node(node) is None:
-                break
-            last = out.strip()
-            if time.monotonic() > deadline:
-                raise SchedulerError(f"scontrol delete nodename={node} refused: {last or 'busy'}")
-            time.sleep(self.poll_s)
+        self._wait_then_delete(node, timeout, "state=down", ("scontrol", "delete", f"nodename={node}"))
         return RemoveResult(node, requeued=running)
 
     def lend(self, node: str, contract_id: str) -> None:
