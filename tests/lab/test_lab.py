@@ -225,8 +225,8 @@ def test_brokers_run_unprivileged_and_no_host_logs_in_to_another_as_root(site) -
 # Isolation of a lent machine, on the live trade ---------------------------------------------
 # A VM of A on B's lending host, probed from inside (a job of A's, run as root in the guest,
 # which is what a hostile guest can do), and the peer account on that host probed as itself.
-#: What a VM of A must not reach on B's side: (what, bash test that succeeds when reached).
 def _unreachable_from_vm(b: dict[str, str], lender: str) -> dict[str, str]:
+    """What a VM of A must not reach on B's side: what -> a bash test that succeeds if reached."""
     other = next(h for h in ("b-node1", "b-node2") if h != lender)
     tcp = "timeout 3 bash -c '</dev/tcp/{}/{}' 2>/dev/null"
     return {
