@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from broker.negotiation import trade
 from broker.policy import (
     Action,
     DomainPolicy,
@@ -532,60 +533,70 @@ class Simulation:
         return True
 
     def broker_round(self, now: float) -> None:
+        """Each domain's broker interval: the trade core decides (:mod:`broker.negotiation.trade`),
+        the simulator carries the effects out at simulated time (the VMs' boot and halt
+        delays). Times given to the core are absolute (``epoch + now``).
+
+        Seeing every domain at once, the simulator runs the core's steps phase by phase for
+        all domains: loans that end (leases, drained loans), then every domain's intent from
+        the states after them, then the effects domain by domain, then the requests.
+        """
         if self._nothing_to_trade():
             return
         abs_now = self.cfg.epoch + now
         domains = self.domains
-        # leases that ended
         for d in domains:
-            terms = d.policy.reclamation.terms
-            if terms.mode is Mode.LEASE and d.lent:
-                loans = self.loans_of(d)
-                due = set(d.policy.reclamation.expired(
-                    [Loan(vm.id, domains[vm.borrower].name, vm.started) for vm in loans], now))
-                for vm in loans:
-                    if vm.id in due:
-                        self.halt(vm, now)
-        intents = [(d, d.policy.intent(d.state(), abs_now)) for d in domains]
-        for d, intent in intents:
-            if intent.action is Action.RETURN and intent.nodes > 0:
-                for vm in list(d.idle_vms[-intent.nodes:]):
-                    self.halt(vm, now)
-            elif intent.action is Action.RECLAIM:
-                loans = [vm for vm in self.loans_of(d) if vm.state != DRAINING]
-                by_id = {vm.id: vm for vm in loans}
-                plan = d.policy.reclamation.plan(
-                    [Loan(vm.id, domains[vm.borrower].name, vm.started,
-                          vm.busy_since if vm.job >= 0 else None) for vm in loans],
-                    intent.nodes, now)
-                for vid in plan.now:
-                    self.halt(by_id[vid], now)
-                for vid in plan.drain:
-                    self.drain(by_id[vid], now)
-        borrowers = [(d, i.nodes) for d, i in intents if i.action is Action.BORROW]
-        lenders = [d for d, i in intents if i.action is Action.LEND]
+            if not d.lent:
+                continue
+            loans = self.loans_of(d)
+            vms = {vm.id: vm for vm in loans}
+            ended = trade.endings(d.policy, [self._loan(vm) for vm in loans],
+                                  [self._loan(vm) for vm in loans if vm.state == DRAINING],
+                                  abs_now)
+            for e in ended:
+                self.halt(vms[e.loan], now)
+        states = [d.state() for d in domains]
+        rounds = []
+        for d, state in zip(domains, states):
+            loans = [vm for vm in self.loans_of(d) if vm.state != DRAINING] if d.lent else []
+            vms = {vm.id: vm for vm in loans}
+            idle = {vm.id: vm for vm in d.idle_vms}
+            r = trade.decide(d.policy, state, abs_now, lent=[self._loan(vm) for vm in loans],
+                             held=[trade.Holding(vm.id) for vm in reversed(d.idle_vms)])
+            for e in r.effects:
+                if isinstance(e, trade.TakeBack):
+                    self.halt(vms[e.loan], now)
+                elif isinstance(e, trade.Drain):
+                    self.drain(vms[e.loan], now)
+                elif isinstance(e, trade.GiveBack):
+                    self.halt(idle[e.holding], now)
+            rounds.append((d, r))
+        # Requests: each asking domain (the most wanting first) asks the domains whose
+        # interval found nodes to lend; every lender answers from its state at that moment.
+        borrowers = [(d, e.nodes) for d, r in rounds for e in r.effects
+                     if isinstance(e, trade.Ask)]
+        lenders = [d for d, r in rounds if r.intent.action is Action.LEND]
         if not borrowers or not lenders:
             return
         borrowers.sort(key=lambda x: (-x[1], x[0].index))
         for b, wanted in borrowers:
-            for lender in lenders:
-                if wanted <= 0:
-                    break
+            candidates = []
+            for rank, lender in enumerate(lenders):
                 pol = lender.policy
-                offer = pol.lending.offerable(lender.state(), abs_now, peer=b.name, tz=pol.tz)
-                if offer <= 0:
-                    continue
-                verdict = b.policy.borrowing.accepts(
-                    lender.host, pol.reclamation.terms, b.active_vms, abs_now, b.policy.tz)
-                if not verdict:
-                    continue
-                count = min(offer, wanted)
-                cap = b.policy.borrowing.max_borrowed
-                if cap is not None:
-                    count = min(count, cap - b.active_vms)
-                if count > 0:
-                    self.lend(lender, b, count, now)
-                    wanted -= count
+                got = trade.answer(pol, lender.state(), b.name, wanted, abs_now,
+                                   available=lender.free)
+                candidates.extend(trade.Candidate(lender.index, lender.host,
+                                                  pol.reclamation.terms, (rank, k))
+                                  for k in range(got.count))
+            fitting, _turned = trade.screen(b.policy, candidates, b.active_vms, abs_now)
+            for index, hosts in trade.choose(fitting, wanted).taken.items():
+                self.lend(domains[index], b, len(hosts), now)
+
+    def _loan(self, vm: VM) -> Loan:
+        """A simulated VM as the trade core sees a loan (absolute times)."""
+        epoch = self.cfg.epoch
+        return Loan(vm.id, self.domains[vm.borrower].name, epoch + vm.started,
+                    epoch + vm.busy_since if vm.job >= 0 else None)
 
     def sample(self, now: float) -> None:
         for d in self.domains:

@@ -1,0 +1,252 @@
+"""The trade core: every decision of a trade, as plain functions fed what was observed.
+
+Nothing here does I/O or reads a clock. The callers observe (their domain's
+:class:`~broker.policy.DomainState`, the loans they hold, the offers they got, ``now``) and
+interpret the effects that come back: the live broker (:mod:`broker.service.broker`) over the
+network, SQLite, the scheduler and ansible-runner; the simulator
+(:meth:`broker.simulator.engine.Simulation.broker_round`) at simulated time. Neither decides a
+trade itself.
+
+One interval of a broker is :func:`interval`; a lender answers a request with :func:`answer`;
+a borrower sorts the hosts it was offered with :func:`screen` and takes the best with
+:func:`choose`.
+
+Effects
+-------
+``Ask(nodes)``                ask peers for ``nodes`` machines (borrower).
+``TakeBack(loan, reason)``    stop a lent machine now; a job on it is preempted (lender).
+``Drain(loan, reason)``       a lent machine returns when its job ends; nothing is preempted
+                              (lender; it comes back as a ``TakeBack`` once the loan is idle).
+``GiveBack(holding, reason)`` return a borrowed machine (or a contract's machines) (borrower).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+from broker.policy import Action, DomainPolicy, DomainState, HostProperties, Intent, Loan
+from broker.policy import Terms as PolicyTerms
+
+# ------------------------------------------------------------------------------ observations
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """Borrowed machines that are returned together (a live contract's nodes, one simulated
+    VM): ``nodes`` of them, ``idle`` when none runs a job and all are up."""
+
+    id: Hashable
+    nodes: int = 1
+    idle: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One offered host: the offer it came in (``offer``), what it provides, the lender's
+    terms, and its rank (lower is better: live, the RTT; simulated, the lender's order)."""
+
+    offer: Hashable
+    host: HostProperties
+    terms: PolicyTerms
+    rank: tuple = ()
+    ref: object = field(default=None, compare=False)  # the caller's own record of the host
+
+
+# ------------------------------------------------------------------------------ effects
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    nodes: int
+
+
+@dataclass(frozen=True, slots=True)
+class TakeBack:
+    loan: Hashable
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    loan: Hashable
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GiveBack:
+    holding: Hashable
+    reason: str
+
+
+Effect = Ask | TakeBack | Drain | GiveBack
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """What one interval decided: the policy's intent and the effects to carry out, in order."""
+
+    intent: Intent
+    effects: tuple[Effect, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A lender's answer to a request: offer ``count`` hosts, or decline (``reason``)."""
+
+    count: int
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.count > 0
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """What a borrower takes: the chosen hosts per offer, and why each other offer is turned
+    down."""
+
+    taken: dict[Hashable, tuple[Candidate, ...]]
+    refused: dict[Hashable, str]
+
+
+# ------------------------------------------------------------------------------ one interval
+
+LEASE_ENDED = "lease ended"
+DRAINED = "drained: no job runs on it any more"
+SUFFICE = "idle, and our own nodes suffice"
+
+
+def endings(policy: DomainPolicy, lent: Sequence[Loan], draining: Sequence[Loan],
+            now: float) -> tuple[TakeBack, ...]:
+    """Loans that end whatever the demand: leases that ran out, and draining loans that no
+    longer run a job."""
+    out = [TakeBack(i, LEASE_ENDED) for i in policy.reclamation.expired(lent, now)]
+    out.extend(TakeBack(l.id, DRAINED) for l in draining if l.busy_since is None)
+    return tuple(out)
+
+
+def decide(
+    policy: DomainPolicy,
+    state: DomainState,
+    now: float,
+    *,
+    lent: Sequence[Loan] = (),
+    held: Sequence[Holding] = (),
+    asking: bool = False,
+    free_addresses: int | None = None,
+) -> Round:
+    """The intent of the interval and what it takes: reclaim (loans taken back or drained,
+    as the reclamation policy plans), borrow (``Ask``), or return idle borrowed machines."""
+    effects: list[Effect] = []
+    intent = policy.intent(state, now)
+    if intent.action is Action.RECLAIM:
+        plan = policy.reclamation.plan(lent, intent.nodes, now)
+        why = f"own demand needs {intent.nodes} node(s)"
+        effects.extend(TakeBack(i, why) for i in plan.now)
+        effects.extend(Drain(i, why) for i in plan.drain)
+    elif intent.action is Action.BORROW and not asking:
+        wanted = intent.nodes
+        if free_addresses is not None:
+            wanted = min(wanted, free_addresses)
+        if wanted > 0:
+            effects.append(Ask(wanted))
+    elif intent.action is Action.RETURN:
+        left = intent.nodes
+        for h in held:
+            if left <= 0:
+                break
+            if h.idle and h.nodes <= left:
+                left -= h.nodes
+                effects.append(GiveBack(h.id, SUFFICE))
+    return Round(intent, tuple(effects))
+
+
+def interval(
+    policy: DomainPolicy,
+    state: DomainState,
+    now: float,
+    *,
+    lent: Sequence[Loan] = (),
+    draining: Sequence[Loan] = (),
+    held: Sequence[Holding] = (),
+    asking: bool = False,
+    free_addresses: int | None = None,
+) -> Round:
+    """One broker interval of one domain: :func:`endings`, then :func:`decide` over the
+    loans left.
+
+    lent:           loans this domain has made that run, not draining (with ``busy_since``
+                    set where the borrower's job runs on them).
+    draining:       loans already told to drain; each comes back once it runs no job.
+    held:           machines borrowed and up, in the order they are to be given back.
+    asking:         a request of ours is still open (no new one is sent).
+    free_addresses: addresses left for new VMs (None: no pool limits it).
+
+    The order of the effects is the order to carry them out.
+    """
+    ended = endings(policy, lent, draining, now)
+    gone = {e.loan for e in ended}
+    r = decide(policy, state, now, lent=[l for l in lent if l.id not in gone], held=held,
+               asking=asking, free_addresses=free_addresses)
+    return Round(r.intent, ended + r.effects)
+
+
+# ------------------------------------------------------------------------------ negotiation
+
+
+def answer(
+    policy: DomainPolicy,
+    state: DomainState,
+    peer: str,
+    asked: int,
+    now: float,
+    *,
+    available: int,
+    pending: int = 0,
+) -> Answer:
+    """The lender's answer to ``peer`` asking for ``asked`` machines: how many to offer.
+
+    available: idle lending hosts not already offered or lent.
+    pending:   hosts offered in proposals not yet accepted (they count against the policy).
+    """
+    if not policy.lending.allows_peer(peer):
+        return Answer(0, "lending policy: peer not allowed")
+    count = min(policy.lending.offerable(state, now, peer=peer, tz=policy.tz) - pending, asked)
+    if count <= 0:
+        return Answer(0, f"lending policy offers {max(count, 0)} now")
+    count = min(count, available)
+    if count <= 0:
+        return Answer(0, "no idle lending host")
+    return Answer(count)
+
+
+def screen(
+    policy: DomainPolicy, candidates: Sequence[Candidate], borrowed: int, now: float
+) -> tuple[list[Candidate], list[tuple[Candidate, str]]]:
+    """The offered hosts the borrowing policy accepts, and the others with the reason."""
+    fitting: list[Candidate] = []
+    turned: list[tuple[Candidate, str]] = []
+    for c in candidates:
+        verdict = policy.borrowing.accepts(c.host, c.terms, borrowed, now, policy.tz)
+        if verdict.ok:
+            fitting.append(c)
+        else:
+            turned.append((c, verdict.reason))
+    return fitting, turned
+
+
+def choose(fitting: Sequence[Candidate], wanted: int,
+           offers: Sequence[Hashable] = ()) -> Choice:
+    """Take the ``wanted`` best-ranked fitting hosts (ties: the order given); every offer in
+    ``offers`` that gets none is refused, saying why."""
+    ranked = sorted(fitting, key=lambda c: c.rank)[:max(wanted, 0)]
+    taken: dict[Hashable, list[Candidate]] = {}
+    for c in ranked:
+        taken.setdefault(c.offer, []).append(c)
+    fits = {c.offer for c in fitting}
+    refused = {o: ("other offers fit better" if o in fits
+                   else "no offered host fits the borrowing policy")
+               for o in offers if o not in taken}
+    return Choice({k: tuple(v) for k, v in taken.items()}, refused)
