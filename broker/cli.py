@@ -17,6 +17,7 @@ from broker.errors import UserError
 # Modules that each expose ``register(subparsers)``; a sub-command sets ``func`` on its parser.
 _COMMAND_MODULES = (
     "broker.simulator.cli",  # simulate
+    "broker.simulator.sweep",  # sweep
     "broker.lab.cli",  # lab up / lab down
     "broker.service.cli",  # broker run, status, contracts
 )

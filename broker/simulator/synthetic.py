@@ -95,8 +95,23 @@ def synthetic_workload(
     gaps = np.exp(rng.gamma(model.aarr, model.barr, n))
     work_per_job = float(np.mean(sizes * runs))
     rate = spec.load * capacity / work_per_job  # jobs per second for the target load
-    gaps *= (1.0 / rate) / float(np.mean(gaps))
+    scale = (1.0 / rate) / float(np.mean(gaps))
+    gaps *= scale
     submit = np.cumsum(gaps)
+    if submit[-1] < span:  # a long or busy span: more jobs, their gaps scaled alike
+        parts_sub, parts_size, parts_run = [submit], [sizes], [runs]
+        t = float(submit[-1])
+        while t < span:
+            m = max(n, int(1.1 * (span - t) * rate) + 1)
+            more_sizes, more_runs = _jobs(rng, m, capacity, model)
+            more = t + np.cumsum(np.exp(rng.gamma(model.aarr, model.barr, m)) * scale)
+            parts_sub.append(more)
+            parts_size.append(more_sizes)
+            parts_run.append(more_runs)
+            t = float(more[-1])
+        submit = np.concatenate(parts_sub)
+        sizes = np.concatenate(parts_size)
+        runs = np.concatenate(parts_run)
     keep = submit < span
     submit, sizes, runs = submit[keep], sizes[keep], runs[keep]
     # bursts
@@ -119,3 +134,33 @@ def synthetic_workload(
         name, capacity, submit, runs, sizes, estimate, unix_start=0,
         source=f"synthetic (Lublin-Feitelson 2003, seed {seed})",
     )
+
+
+def generated_workloads(
+    domains: int,
+    capacity: int,
+    days: float,
+    seed: int,
+    load: float | tuple[float, float] = (0.3, 0.6),
+    bursts: BurstSpec | None = None,
+) -> list[Workload]:
+    """``domains`` generated domains ``d1``, ``d2``, ... of ``capacity`` nodes for ``days``.
+
+    Base loads are spread evenly from ``load[0]`` (d1) to ``load[1]`` (the last); every other
+    domain (d1, d3, ...) also has the bursts of ``bursts`` (default: 6 h at 6x, every 5 days on
+    average), the others none. Domain i draws from seed ``seed + 1000 * i``.
+    """
+    low, high = (load, load) if isinstance(load, (int, float)) else load
+    burst = bursts or BurstSpec(burst_every_s=5 * 86400, burst_len_s=6 * 3600, burst_factor=6)
+    out = []
+    for i in range(domains):
+        frac = i / (domains - 1) if domains > 1 else 0.0
+        base = low + (high - low) * frac
+        if i % 2 == 0:
+            spec = BurstSpec(load=base, days=days, burst_every_s=burst.burst_every_s,
+                             burst_len_s=burst.burst_len_s, burst_factor=burst.burst_factor)
+        else:
+            spec = BurstSpec(load=base, days=days, burst_every_s=10**12, burst_len_s=0,
+                             burst_factor=1)
+        out.append(synthetic_workload(f"d{i + 1}", capacity, seed + 1000 * i, spec))
+    return out
