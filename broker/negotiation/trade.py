@@ -135,7 +135,6 @@ def decide(
     lent: Sequence[Loan] = (),
     held: Sequence[Holding] = (),
     asking: bool = False,
-    free_addresses: int | None = None,
 ) -> Round:
     """The intent of the interval and what it takes: reclaim (loans taken back or drained,
     as the reclamation policy plans), borrow (``Ask``), or return idle borrowed machines."""
@@ -146,12 +145,8 @@ def decide(
         why = f"own demand needs {intent.nodes} node(s)"
         effects.extend(TakeBack(i, why) for i in plan.now)
         effects.extend(Drain(i, why) for i in plan.drain)
-    elif intent.action is Action.BORROW and not asking:
-        wanted = intent.nodes
-        if free_addresses is not None:
-            wanted = min(wanted, free_addresses)
-        if wanted > 0:
-            effects.append(Ask(wanted))
+    elif intent.action is Action.BORROW and not asking and intent.nodes > 0:
+        effects.append(Ask(intent.nodes))
     elif intent.action is Action.RETURN:
         left = intent.nodes
         for h in held:
@@ -172,7 +167,6 @@ def interval(
     draining: Sequence[Loan] = (),
     held: Sequence[Holding] = (),
     asking: bool = False,
-    free_addresses: int | None = None,
 ) -> Round:
     """One broker interval of one domain: :func:`endings`, then :func:`decide` over the
     loans left.
@@ -182,18 +176,23 @@ def interval(
     draining:       loans already told to drain; each comes back once it runs no job.
     held:           machines borrowed and up, in the order they are to be given back.
     asking:         a request of ours is still open (no new one is sent).
-    free_addresses: addresses left for new VMs (None: no pool limits it).
 
     The order of the effects is the order to carry them out.
     """
     ended = endings(policy, lent, draining, now)
     gone = {e.loan for e in ended}
     r = decide(policy, state, now, lent=[l for l in lent if l.id not in gone], held=held,
-               asking=asking, free_addresses=free_addresses)
+               asking=asking)
     return Round(r.intent, ended + r.effects)
 
 
 # ------------------------------------------------------------------------------ negotiation
+
+
+def refusal(policy: DomainPolicy, peer: str) -> str:
+    """Why ``peer`` may not borrow from this domain at all ("" when it may): answered before
+    the domain is even looked at."""
+    return "" if policy.lending.allows_peer(peer) else "lending policy: peer not allowed"
 
 
 def answer(
@@ -211,8 +210,9 @@ def answer(
     available: idle lending hosts not already offered or lent.
     pending:   hosts offered in proposals not yet accepted (they count against the policy).
     """
-    if not policy.lending.allows_peer(peer):
-        return Answer(0, "lending policy: peer not allowed")
+    refused = refusal(policy, peer)
+    if refused:
+        return Answer(0, refused)
     count = min(policy.lending.offerable(state, now, peer=peer, tz=policy.tz) - pending, asked)
     if count <= 0:
         return Answer(0, f"lending policy offers {max(count, 0)} now")

@@ -1,9 +1,10 @@
-"""The broker of one domain: negotiation, trades and repairs, around the policy objects.
+"""The broker of one domain: the interpreter of the trade core's effects.
 
-The policy (:mod:`broker.policy`) decides; this module observes (scheduler snapshot, clock),
-talks to peers, persists every contract step before acting on it, and drives the executor and
-the scheduler. Blocking work (scheduler commands, playbooks) runs in threads so the API keeps
-answering.
+The trade core (:mod:`broker.negotiation.trade`, over :mod:`broker.policy`) decides what to
+borrow, lend, take back, drain and give back; this module observes (scheduler snapshot, clock,
+what peers report), feeds the core, and carries its effects out: it talks to peers, persists
+every contract step before acting on it, and drives the executor and the scheduler. Blocking
+work (scheduler commands, playbooks) runs in threads so the API keeps answering.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from broker.negotiation import trade
 from broker.negotiation.contracts import (
     Contract,
     ContractState,
@@ -43,7 +45,7 @@ from broker.negotiation.messages import (
     from_dict,
     new_id,
 )
-from broker.policy import Action, HostProperties, Loan
+from broker.policy import HostProperties, Loan
 from broker.policy import Terms as PolicyTerms
 from broker.policy.reclamation import Mode
 from broker.provisioning import Executor
@@ -145,6 +147,10 @@ class Broker:
         self.vm_missing_since: dict[str, float] = {}  # lent VM -> first seen missing
         self.last_compacted: float | None = None
         self.repairs: list[str] = []
+        # Lent contracts the core said to drain (id -> why), and since when the borrower has
+        # reported a job on each lent contract (from its heartbeat answers).
+        self.draining: dict[str, str] = {}
+        self.loan_busy_since: dict[str, float] = {}
         self.limits = rec.Limits(config.node_down_grace_s, config.peer_lost_timeout_s,
                                  config.offer_ttl_s)
 
@@ -267,23 +273,22 @@ class Broker:
             return 409, {"error": f"contract {existing.id} is {existing.state.value}",
                          "code": "not_proposed"}
         decline = self._msg(Decline, m.sender, contract_id=m.contract_id, reason="")
-        if not self.policy.lending.allows_peer(m.sender):
-            return 200, {"reply": replace(decline, reason="lending policy: peer not allowed").to_dict()}
+        refused = trade.refusal(self.policy, m.sender)
+        if refused:
+            return 200, {"reply": replace(decline, reason=refused).to_dict()}
         now = self.clock()
         snap = await self._snapshot()
-        state = snap.domain_state()
-        count = self.policy.lending.offerable(state, now, peer=m.sender, tz=self.policy.tz)
         reserved = {h for c in self.store.contracts(open_only=True) if c.role is Role.LENDER
                     for h in ([o.name for o in c.offered] if c.state is S.PROPOSED else c.host_names)}
         pending = sum(1 for c in self.store.contracts(open_only=True)
                       if c.role is Role.LENDER and c.state is S.PROPOSED for _ in c.offered)
-        count = min(count - pending, m.nodes)
         idle = {n.name: n for n in snap.idle_physical}
         hosts = [h for h in self.config.lending_hosts if h.node in idle and h.node not in reserved]
-        hosts = hosts[:max(count, 0)]
-        if not hosts:
-            why = f"lending policy offers {max(count, 0)} now" if count <= 0 else "no idle lending host"
-            return 200, {"reply": replace(decline, reason=why).to_dict()}
+        answer = trade.answer(self.policy, snap.domain_state(), m.sender, m.nodes, now,
+                              available=len(hosts), pending=pending)
+        if not answer.ok:
+            return 200, {"reply": replace(decline, reason=answer.reason).to_dict()}
+        hosts = hosts[:answer.count]
         offers = []
         for h in hosts:
             node = idle[h.node]
@@ -395,7 +400,20 @@ class Broker:
         # every contract we hold with the sender, closed ones too: the sender ends its side
         # of any we hold closed or do not know (Broker.heartbeat, reconcile.peer_view)
         mine = [[c.id, c.state.value] for c in self.store.contracts(peer=m.sender)]
-        return 200, {"contracts": mine}
+        return 200, {"contracts": mine, "busy": self._busy_borrowed(m.sender)}
+
+    def _busy_borrowed(self, lender: str) -> list[str]:
+        """Our contracts with ``lender`` whose nodes run a job now (by the last snapshot): the
+        lender drains these instead of preempting them."""
+        snap = self.last_snapshot
+        if snap is None:
+            return []
+        busy = []
+        for c in self.store.contracts(open_only=True, peer=lender):
+            if c.role is Role.BORROWER and any(
+                    (n := snap.node(name)) is not None and n.busy for name in c.node_names):
+                busy.append(c.id)
+        return busy
 
     def _end_after_peer(self, c: Contract, reason: str) -> None:
         """The peer has ended the contract: end our side (borrower: nodes down and deleted;
@@ -440,7 +458,7 @@ class Broker:
         self._count_contracts()
         log.info("need %d node(s): asking %s", wanted, ", ".join(a[0] for a in asks))
         replies = await asyncio.gather(*(self._send(name, req) for name, _c, req in asks))
-        candidates: list[tuple[tuple[float, int, int], Contract, HostOffer, Offer]] = []
+        candidates: list[trade.Candidate] = []
         offers: dict[str, Offer] = {}
         for (name, c, _req), reply in zip(asks, replies):
             offer = self._reply_message(reply)
@@ -450,36 +468,31 @@ class Broker:
                 self.quiet_until[name] = now + max(3 * self.config.interval_s, 5.0)
                 continue
             offers[c.id] = offer
-            for host in offer.hosts:
-                verdict = self.policy.borrowing.accepts(
-                    HostProperties(host.cpus, host.memory_mb, host.disk_gb),
-                    _policy_terms(offer.terms), borrowed, now, self.policy.tz)
-                if verdict.ok:
-                    rank = (host.rtt_ms if host.rtt_ms is not None else 1e9, -host.cpus, -host.memory_mb)
-                    candidates.append((rank, c, host, offer))
-                else:
-                    log.info("turned away %s of %s: %s", host.name, name, verdict.reason)
-        if len(candidates) > wanted:
+            candidates.extend(
+                trade.Candidate(c.id, HostProperties(h.cpus, h.memory_mb, h.disk_gb),
+                                _policy_terms(offer.terms),
+                                (h.rtt_ms if h.rtt_ms is not None else 1e9, -h.cpus, -h.memory_mb),
+                                ref=h)
+                for h in offer.hosts)
+        fitting, turned = trade.screen(self.policy, candidates, borrowed, now)
+        for cand, why in turned:
+            log.info("turned away %s of %s: %s", cand.ref.name, offers[str(cand.offer)].sender, why)
+        if len(fitting) > wanted:
             # More hosts fit than we need: rank by the RTT from here (this domain's side of the
             # virtual network) to each host, measured now; the lender's figure is from its side.
-            rtts = await asyncio.gather(*(asyncio.to_thread(ping_ms, host.address)
-                                          for _r, _c, host, _o in candidates))
-            candidates = [((rtt if rtt is not None else 1e9, *rank[1:]), c, host, offer)
-                          for rtt, (rank, c, host, offer) in zip(rtts, candidates)]
-        candidates.sort(key=lambda x: x[0])
-        chosen: dict[str, list[HostOffer]] = {}
-        for _rank, c, host, _offer in candidates[:wanted]:
-            chosen.setdefault(c.id, []).append(host)
+            rtts = await asyncio.gather(*(asyncio.to_thread(ping_ms, cand.ref.address)
+                                          for cand in fitting))
+            fitting = [replace(cand, rank=(rtt if rtt is not None else 1e9, *cand.rank[1:]))
+                       for rtt, cand in zip(rtts, fitting)]
+        choice = trade.choose(fitting, wanted, offers=list(offers))
         agreed = []
         for name, c, _req in asks:
             if c.id not in offers:
                 continue
             offer = offers[c.id]
-            hosts = chosen.get(c.id, [])
+            hosts: list[HostOffer] = [cand.ref for cand in choice.taken.get(c.id, ())]
             if not hosts:
-                fitting = any(cand[1].id == c.id for cand in candidates)
-                why = ("other offers fit better" if fitting
-                       else "no offered host fits the borrowing policy")
+                why = choice.refused[c.id]
                 self._drop_proposal(c, why)
                 await self._send(name, self._msg(Decline, name, contract_id=c.id, reason=why))
                 continue
@@ -674,35 +687,38 @@ class Broker:
         await self.reconcile(starting=False, snap=snap)
         now = self.clock()
         state = snap.domain_state()
-        intent = self.policy.intent(state, now)
-        self.last_intent = f"{intent.action.value} {intent.nodes}".strip()
-        open_ = [c for c in self.store.contracts(open_only=True) if c.id not in self.busy]
-
-        lent = [c for c in open_ if c.role is Role.LENDER and c.state is S.ACTIVE]
-        loans = [Loan(c.id, c.borrower, c.updated_at) for c in lent]
-        by_id = {c.id: c for c in lent}
-        for cid in self.policy.reclamation.expired(loans, now):
-            self._spawn(self.reclaim(by_id[str(cid)], "lease ended"))
-            by_id.pop(str(cid))
-        if intent.action is Action.RECLAIM:
-            plan = self.policy.reclamation.plan([l for l in loans if l.id in by_id], intent.nodes, now)
-            for cid in (*plan.now, *plan.drain):
-                self._spawn(self.reclaim(by_id[str(cid)], f"own demand needs {intent.nodes} node(s)"))
-        elif intent.action is Action.BORROW:
-            pending = [c for c in self.store.contracts(open_only=True) if c.role is Role.BORROWER
-                       and c.state in (S.PROPOSED, S.AGREED, S.PROVISIONING)]
-            if not pending:
-                await self.borrow(intent.nodes, state.borrowed)
-        elif intent.action is Action.RETURN:
-            left = intent.nodes
-            for c in open_:
-                if left <= 0:
-                    break
-                if c.role is Role.BORROWER and c.state is S.ACTIVE and c.id not in self.busy:
-                    nodes = [snap.node(n) for n in c.node_names]
-                    if all(n is not None and n.idle for n in nodes) and len(nodes) <= left:
-                        left -= len(nodes)
-                        self._spawn(self.give_back(c, "idle, and our own nodes suffice"))
+        everything = self.store.contracts(open_only=True)
+        open_ = [c for c in everything if c.id not in self.busy]
+        lent = {c.id: c for c in open_ if c.role is Role.LENDER and c.state is S.ACTIVE}
+        self.draining = {cid: why for cid, why in self.draining.items() if cid in lent}
+        known = {c.id for c in everything}
+        self.loan_busy_since = {k: v for k, v in self.loan_busy_since.items() if k in known}
+        loans = [Loan(c.id, c.borrower, c.updated_at, self.loan_busy_since.get(c.id))
+                 for c in lent.values()]
+        held = {c.id: c for c in open_ if c.role is Role.BORROWER and c.state is S.ACTIVE}
+        asking = any(c.role is Role.BORROWER and c.state in (S.PROPOSED, S.AGREED, S.PROVISIONING)
+                     for c in everything)
+        r = trade.interval(
+            self.policy, state, now,
+            lent=[l for l in loans if l.id not in self.draining],
+            draining=[l for l in loans if l.id in self.draining],
+            held=[trade.Holding(c.id, len(c.nodes), all(
+                (n := snap.node(name)) is not None and n.idle for name in c.node_names))
+                for c in held.values()],
+            asking=asking)
+        self.last_intent = f"{r.intent.action.value} {r.intent.nodes}".strip()
+        for e in r.effects:
+            if isinstance(e, trade.TakeBack):
+                self.draining.pop(str(e.loan), None)
+                self._spawn(self.reclaim(lent[str(e.loan)], e.reason))
+            elif isinstance(e, trade.Drain):
+                log.info("contract %s: draining (%s): it comes back when its job ends", e.loan,
+                         e.reason)
+                self.draining[str(e.loan)] = e.reason
+            elif isinstance(e, trade.GiveBack):
+                self._spawn(self.give_back(held[str(e.holding)], e.reason))
+            elif isinstance(e, trade.Ask):
+                await self.borrow(e.nodes, state.borrowed)
         for peer in self.config.peers:
             await self.heartbeat(peer, idle_every=max(5 * self.config.interval_s, 10.0))
         self._compact(now)
@@ -740,6 +756,7 @@ class Broker:
         theirs = {item[0]: item[1] for item in view
                   if isinstance(item, list) and len(item) == 2
                   and isinstance(item[0], str) and isinstance(item[1], str)}
+        self._note_busy(peer, reply.body.get("busy"), now)
         for action in rec.peer_view(self.store.contracts(open_only=True, peer=peer), peer,
                                     asked, theirs, frozenset(self.busy)):
             c = self.store.get(action.contract_id)
@@ -748,6 +765,18 @@ class Broker:
             log.warning("reconcile: %s", action)
             self._note_repair(action)
             self._end_after_peer(c, action.why)
+
+    def _note_busy(self, peer: str, busy: Any, now: float) -> None:
+        """The borrower's word on which of our loans to it run a job (a list of contract ids;
+        anything else, or an older peer that does not say, counts as no job)."""
+        said = {b for b in busy if isinstance(b, str)} if isinstance(busy, list) else set()
+        for c in self.store.contracts(open_only=True, peer=peer):
+            if c.role is not Role.LENDER:
+                continue
+            if c.id in said:
+                self.loan_busy_since.setdefault(c.id, now)
+            else:
+                self.loan_busy_since.pop(c.id, None)
 
     async def _finish_reclaim(self, c: Contract) -> Contract:
         if c.role is Role.BORROWER:
@@ -879,6 +908,7 @@ class Broker:
             "lent": [n.name for n in snap.lent] if snap else [],
             "borrowed": [n.name for n in snap.borrowed] if snap else [],
             "intent": self.last_intent,
+            "draining": sorted(self.draining),
             "peers": {p: {"last_seen": self.peer_seen.get(p)} for p in self.config.peers},
             "contracts": [
                 {"id": c.id, "role": c.role.value, "peer": c.peer, "state": c.state.value,

@@ -1,0 +1,141 @@
+"""The trade core's decisions, as plain function calls: observations in, effects out."""
+
+from broker.negotiation import trade
+from broker.negotiation.trade import Ask, Candidate, Drain, GiveBack, Holding, TakeBack
+from broker.policy import (
+    BorrowingPolicy,
+    DomainPolicy,
+    DomainState,
+    HostProperties,
+    LendingPolicy,
+    Loan,
+    Mode,
+    ReclamationPolicy,
+    Requirements,
+    Terms,
+)
+
+
+def policy(mode: Mode = Mode.IMMEDIATE, **kw) -> DomainPolicy:
+    terms = Terms(mode, kw.pop("lease_s", 3600.0), kw.pop("per_interval", 1))
+    return DomainPolicy(reclamation=ReclamationPolicy(terms), **kw)
+
+
+# A lender of 4 nodes that lent 2 and whose own queue now wants 4: n_a = 4 - (2 + 0) = 2.
+NEEDS_BACK = DomainState(physical=4, lent=2, waiting_nodes=2, running_nodes=2, busy_physical=2)
+BUSY = Loan("busy", "b", started=0, busy_since=50)
+IDLE = Loan("idle", "b", started=0, busy_since=None)
+
+
+def test_immediate_takes_back_idle_and_busy_loans_at_once():
+    r = trade.interval(policy(Mode.IMMEDIATE), NEEDS_BACK, 100, lent=[BUSY, IDLE])
+    assert r.intent.action.value == "reclaim"
+    assert {e.loan for e in r.effects} == {"busy", "idle"}
+    assert all(isinstance(e, TakeBack) for e in r.effects)
+
+
+def test_drain_preempts_nothing_busy_loans_drain():
+    r = trade.interval(policy(Mode.DRAIN), NEEDS_BACK, 100, lent=[BUSY, IDLE])
+    assert TakeBack("idle", "own demand needs 2 node(s)") in r.effects
+    assert Drain("busy", "own demand needs 2 node(s)") in r.effects
+    assert not any(isinstance(e, TakeBack) and e.loan == "busy" for e in r.effects)
+
+
+def test_a_draining_loan_comes_back_once_its_job_has_ended():
+    still = trade.interval(policy(Mode.DRAIN), NEEDS_BACK, 200, draining=[BUSY])
+    assert not any(getattr(e, "loan", None) == "busy" for e in still.effects)
+    done = Loan("busy", "b", started=0, busy_since=None)
+    ended = trade.interval(policy(Mode.DRAIN), NEEDS_BACK, 300, draining=[done])
+    assert ended.effects[0] == TakeBack("busy", trade.DRAINED)
+
+
+def test_gradual_takes_per_interval_at_most():
+    r = trade.interval(policy(Mode.GRADUAL, per_interval=1), NEEDS_BACK, 100, lent=[BUSY, IDLE])
+    assert r.effects == (TakeBack("idle", "own demand needs 2 node(s)"),)
+
+
+def test_lease_takes_nothing_early_and_everything_at_its_end():
+    p = policy(Mode.LEASE, lease_s=1000)
+    assert trade.interval(p, NEEDS_BACK, 999, lent=[BUSY, IDLE]).effects == ()
+    r = trade.interval(p, NEEDS_BACK, 1000, lent=[BUSY, IDLE])
+    assert set(r.effects) == {TakeBack("busy", trade.LEASE_ENDED),
+                              TakeBack("idle", trade.LEASE_ENDED)}
+
+
+def test_an_ended_lease_is_not_also_planned_for_reclaim():
+    p = policy(Mode.LEASE, lease_s=10)
+    late = Loan("late", "b", started=500)
+    r = trade.interval(p, NEEDS_BACK, 100, lent=[IDLE, late])
+    assert r.effects == (TakeBack("idle", trade.LEASE_ENDED),)
+
+
+def test_a_domain_short_of_nodes_asks_unless_a_request_is_open():
+    short = DomainState(physical=2, waiting_nodes=3, running_nodes=2, busy_physical=2)
+    assert trade.interval(policy(), short, 0).effects == (Ask(3),)
+    assert trade.interval(policy(), short, 0, asking=True).effects == ()
+    capped = policy(borrowing=BorrowingPolicy(max_borrowed=1))
+    assert trade.interval(capped, short, 0).effects == (Ask(1),)
+
+
+def test_returns_only_idle_holdings_that_fit_the_surplus():
+    # 4 own nodes, 3 borrowed (2 idle), queue wants 4: n_a = 4 - (4 + 3) = -3, idle 2
+    state = DomainState(physical=4, borrowed=3, running_nodes=4, busy_physical=3,
+                        idle_borrowed=2)
+    held = [Holding("c1", nodes=1, idle=False), Holding("c2", nodes=3, idle=True),
+            Holding("c3", nodes=1, idle=True), Holding("c4", nodes=1, idle=True)]
+    r = trade.interval(policy(), state, 0, held=held)
+    assert r.intent.action.value == "return" and r.intent.nodes == 2
+    assert r.effects == (GiveBack("c3", trade.SUFFICE), GiveBack("c4", trade.SUFFICE))
+
+
+def test_nothing_to_do_is_no_effect():
+    calm = DomainState(physical=4, running_nodes=4, busy_physical=4)
+    r = trade.interval(policy(), calm, 0)
+    assert r.intent.action.value == "hold" and r.effects == ()
+
+
+# -- a lender's answer -------------------------------------------------------------------
+IDLE_LENDER = DomainState(physical=8)  # n_a = -8, 8 idle: lends up to half
+
+
+def test_answer_offers_half_the_idle_nodes_within_what_was_asked_and_is_free():
+    assert trade.answer(policy(), IDLE_LENDER, "a", 10, 0, available=8).count == 4
+    assert trade.answer(policy(), IDLE_LENDER, "a", 2, 0, available=8).count == 2
+    assert trade.answer(policy(), IDLE_LENDER, "a", 10, 0, available=3).count == 3
+    assert trade.answer(policy(), IDLE_LENDER, "a", 10, 0, available=8, pending=3).count == 1
+
+
+def test_answer_declines_saying_why():
+    only_b = policy(lending=LendingPolicy(peers=frozenset({"b"})))
+    assert trade.answer(only_b, IDLE_LENDER, "a", 1, 0, available=8).reason == \
+        "lending policy: peer not allowed"
+    busy = DomainState(physical=8, running_nodes=8, busy_physical=8)
+    assert trade.answer(policy(), busy, "a", 1, 0, available=8) == \
+        trade.Answer(0, "lending policy offers 0 now")
+    assert trade.answer(policy(), IDLE_LENDER, "a", 1, 0, available=0) == \
+        trade.Answer(0, "no idle lending host")
+
+
+# -- a borrower's choice -------------------------------------------------------------------
+def cand(offer, cpus, rank, mode=Mode.IMMEDIATE):
+    return Candidate(offer, HostProperties(cpus=cpus, memory_mb=1024, disk_gb=10),
+                     Terms(mode), (rank,))
+
+
+def test_screen_turns_away_hosts_the_policy_refuses_with_the_reason():
+    p = policy(borrowing=BorrowingPolicy(require=Requirements(cpus=2),
+                                         accept_reclamation=frozenset({Mode.IMMEDIATE})))
+    small, drained, good = cand("x", 1, 0), cand("x", 4, 1, Mode.DRAIN), cand("y", 4, 2)
+    fitting, turned = trade.screen(p, [small, drained, good], borrowed=0, now=0)
+    assert fitting == [good]
+    assert dict(turned) == {small: "cpus 1 < required 2",
+                            drained: "reclamation drain not accepted (immediate)"}
+
+
+def test_choose_takes_the_best_ranked_and_says_why_the_rest_are_refused():
+    near, far, farther = cand("x", 1, 1.0), cand("y", 1, 5.0), cand("y", 1, 9.0)
+    choice = trade.choose([far, farther, near], wanted=2, offers=["x", "y", "z"])
+    assert choice.taken == {"x": (near,), "y": (far,)}
+    assert choice.refused == {"z": "no offered host fits the borrowing policy"}
+    choice = trade.choose([far, near], wanted=1, offers=["x", "y"])
+    assert choice.refused == {"y": "other offers fit better"}
