@@ -251,7 +251,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     demo(DemoSettings(inventory=args.inventory, out=args.out, jobs_a=args.jobs_a,
                       jobs_b=args.jobs_b, job_seconds=args.job_seconds,
-                      run_site=not args.skip_site))
+                      run_site=not args.skip_site), up=up, build_wheels=build_wheels)
     return 0
 
 

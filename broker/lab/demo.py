@@ -244,11 +244,11 @@ def reset(shell: Shell, heads: dict[str, str], timeout: float) -> None:
 
 
 def demo(settings: DemoSettings, log: Callable[[str], None] = print,
-         live: bool | None = None) -> dict:
+         live: bool | None = None, *, up: Callable[..., dict],
+         build_wheels: Callable[[], None]) -> dict:
     """The trade, told through ``log``. ``live``: redraw a status line in place while site.yml
-    runs (default: when ``log`` is print and the standard output a terminal)."""
-    from broker.lab.cli import up
-
+    runs (default: when ``log`` is print and the standard output a terminal). ``up`` and
+    ``build_wheels`` are the lab command's own (``broker.lab.cli``), passed in."""
     if live is None:
         live = log is print and sys.stdout.isatty()
 
@@ -266,8 +266,6 @@ def demo(settings: DemoSettings, log: Callable[[str], None] = print,
         _log_step(log, origin, f"lab up: {len(plan.hosts)} hosts (root filesystem "
                                f"{'cached' if not times['rootfs'] else 'built in %.0f s' % times['rootfs']})")
     else:
-        from broker.lab.cli import build_wheels
-
         _log_step(log, origin, "the lab is up already: using it")
         if settings.run_site:
             _log_step(log, origin, "building the wheelhouses again (the sources may have changed)")

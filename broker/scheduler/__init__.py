@@ -13,8 +13,8 @@ from broker.scheduler.base import (
     SchedulerAdapter,
     SchedulerError,
     Snapshot,
-    make_adapter,
 )
+from broker.scheduler.factory import make_adapter
 
 __all__ = [
     "Job",

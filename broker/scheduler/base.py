@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from broker.errors import ConfigError, UserError
+from broker.errors import UserError
 from broker.policy import DomainState
 
 
@@ -172,18 +170,3 @@ class SchedulerAdapter(abc.ABC):
     @abc.abstractmethod
     def unlend(self, node: str) -> None:
         """Put a node we had lent back into service."""
-
-
-def make_adapter(section: Mapping[str, Any], source: str = "scheduler") -> SchedulerAdapter:
-    """Build the adapter that ``section['kind']`` names (slurm or pbs)."""
-    kind = section.get("kind", "slurm")
-    options = {k: v for k, v in section.items() if k != "kind"}
-    if kind == "slurm":
-        from broker.scheduler.slurm import SlurmAdapter
-
-        return SlurmAdapter.from_options(options, source)
-    if kind == "pbs":
-        from broker.scheduler.pbs import PbsAdapter
-
-        return PbsAdapter.from_options(options, source)
-    raise ConfigError(f"{source}.kind: got {kind!r}; allowed: slurm, pbs")

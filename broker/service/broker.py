@@ -19,8 +19,6 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
 
-from aiohttp import web
-
 from broker.negotiation import trade
 from broker.negotiation.contracts import (
     Contract,
@@ -926,55 +924,3 @@ class Broker:
         """Wait for the steps in flight (tests and a clean stop use it)."""
         while self.tasks:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
-
-
-async def serve(broker: Broker, stop: asyncio.Event, server_ssl: Any) -> None:
-    """Reconcile, open the API and the status listener, run the interval until ``stop``."""
-    from broker.service.api import peer_app, status_app
-
-    # Reconciliation needs the scheduler: while it does not answer (slurmctld starting, down),
-    # say so and try again each interval instead of exiting into a restart loop.
-    while True:
-        try:
-            await broker.reconcile(starting=True)
-            break
-        except SchedulerError as exc:
-            log.warning("cannot reconcile yet, the scheduler does not answer (%s); trying again in "
-                        "%g s; the peer API opens after", exc, broker.config.interval_s)
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=broker.config.interval_s)
-                return
-            except asyncio.TimeoutError:
-                pass
-    broker.certs.load()
-    broker.certs.check()
-    runners = []
-    peer_runner = web.AppRunner(peer_app(broker), access_log=None)
-    await peer_runner.setup()
-    await web.TCPSite(peer_runner, broker.config.listen.host, broker.config.listen.port,
-                      ssl_context=server_ssl).start()
-    runners.append(peer_runner)
-    if broker.config.status_listen is not None:
-        status_runner = web.AppRunner(status_app(broker), access_log=None)
-        await status_runner.setup()
-        await web.TCPSite(status_runner, broker.config.status_listen.host,
-                          broker.config.status_listen.port).start()
-        runners.append(status_runner)
-    log.info("broker %s listening on %s:%d", broker.config.domain, broker.config.listen.host,
-             broker.config.listen.port)
-    try:
-        while not stop.is_set():
-            if broker.certs.due():
-                broker.certs.check()
-            try:
-                await broker.tick()
-            except Exception as exc:  # keep serving: one bad interval is logged, not fatal
-                log.error("interval failed: %s", exc, exc_info=True)
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=broker.config.interval_s)
-            except asyncio.TimeoutError:
-                pass
-    finally:
-        for runner in runners:
-            await runner.cleanup()
-        await broker.client.close()
