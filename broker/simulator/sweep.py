@@ -28,6 +28,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -615,6 +616,9 @@ def main(args) -> int:
     if not args.collect:
         grid_copy.write_text(yaml.safe_dump(grid.resolved(), sort_keys=False))
     if args.slurm and not args.collect:
+        if shutil.which("sbatch") is None:
+            raise SweepError("sbatch not found: run --slurm on a Slurm submit host, or drop "
+                             "--slurm to run the cells on this machine")
         script = out / "sweep.sbatch"
         script.write_text(slurm_script(grid_copy, out, len(cells), args.python, args.sbatch_arg))
         (out / "logs").mkdir(exist_ok=True)
