@@ -107,6 +107,7 @@ from ansible.module_utils.viocluster_vm import (
     backing_problem,
     create_qcow2,
     read_backing,
+    use_module,
     write_uml_cow,
 )
 
@@ -188,6 +189,7 @@ def main() -> None:
         required_if=[("state", "present", ["base_image"])],
         supports_check_mode=True,
     )
+    use_module(module)
     try:
         result = run(module)
     except VMError as exc:

@@ -229,7 +229,6 @@ import ipaddress
 import json
 import os
 import re
-import subprocess
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -241,6 +240,7 @@ from ansible.module_utils.viocluster_vm import (
     backing_problem,
     create_qcow2,
     ensure_private_dir,
+    execute,
     kill_group,
     kvm_usable,
     limits_problem,
@@ -257,6 +257,7 @@ from ansible.module_utils.viocluster_vm import (
     tap_problem,
     uml_command,
     unit_name,
+    use_module,
     vm_processes,
     wait_ready,
     write_uml_cow,
@@ -469,8 +470,7 @@ def start(vm: VM, spec: VMSpec, cmd: list[str]) -> tuple[int, float]:
 def stop(vm: VM, pid: int) -> float:
     took = kill_group(pid) if pid else 0.0
     if vm.p["launcher"] != "session" and systemd_available():
-        subprocess.run(["systemctl", "reset-failed", unit_name(vm.account, vm.name)],
-                       capture_output=True)
+        execute(["systemctl", "reset-failed", unit_name(vm.account, vm.name)])
     remove_tree(os.path.join(vm.uml_dir, vm.name))
     for f in (vm.record_path,):
         if os.path.exists(f):
@@ -575,6 +575,7 @@ def main() -> None:
         required_if=[("state", "running", ["base_image", "cow"])],
         supports_check_mode=True,
     )
+    use_module(module)
     try:
         result = run(module)
     except VMError as exc:

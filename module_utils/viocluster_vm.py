@@ -5,6 +5,9 @@
 Plain functions and dataclasses, no AnsibleModule: COW headers (UML COW v3, qcow2 through
 qemu-img), hypervisor command lines (UML, QEMU), process groups of VMs, readiness probes,
 peer limits. The modules hold only argument handling and the run/skip decisions.
+
+Commands run through the module's ``run_command`` (a module calls :func:`use_module` first);
+callers outside Ansible (tests, benchmarks) get a stand-in with the same signature.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import signal
 import socket
 import struct
 import subprocess
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -33,6 +37,33 @@ UML_SECTOR = 512
 UML_ALIGN = 4096
 READY_MARKER = "VIOCLUSTER-READY"
 CONFIG_FILES = ("node.env", "munge.key", "slurm.conf", "hosts")
+
+
+class _Local:
+    """``AnsibleModule.run_command``'s signature for callers outside a module (tests, bench)."""
+
+    def run_command(self, args, check_rc=False, data=None, **_ignored):
+        proc = subprocess.run(args, capture_output=True, text=True, input=data)
+        return proc.returncode, proc.stdout, proc.stderr
+
+
+_runner = _Local()
+
+
+def use_module(module) -> None:
+    """Run every command of this module_utils through ``module.run_command``."""
+    global _runner
+    _runner = module
+
+
+def execute(args: list[str]) -> tuple[int, str, str]:
+    """rc, stdout, stderr of one command (never raises for a non-zero exit)."""
+    return _runner.run_command(args, check_rc=False)
+
+
+def _need(tool: str, package: str) -> None:
+    if shutil.which(tool) is None:
+        raise VMError(f"{tool} not found: install {package}")
 
 
 class VMError(Exception):
@@ -93,13 +124,10 @@ def write_uml_cow(path: str, base: str) -> None:
 
 
 def qcow2_info(path: str) -> BackingInfo:
-    try:
-        out = subprocess.run(["qemu-img", "info", "--force-share", "--output=json", path],
-                             capture_output=True, text=True, check=True).stdout
-    except FileNotFoundError as exc:
-        raise VMError("qemu-img not found: install qemu-utils") from exc
-    except subprocess.CalledProcessError as exc:
-        raise VMError(f"{path} is not a readable qcow2 file: {exc.stderr.strip()}") from exc
+    _need("qemu-img", "qemu-utils")
+    rc, out, err = execute(["qemu-img", "info", "--force-share", "--output=json", path])
+    if rc != 0:
+        raise VMError(f"{path} is not a readable qcow2 file: {err.strip()}")
     info = json.loads(out)
     if info.get("format") != "qcow2":
         raise VMError(f"{path} is {info.get('format')}, not qcow2; remove it or pass another cow")
@@ -116,13 +144,11 @@ def qcow2_info(path: str) -> BackingInfo:
 
 def create_qcow2(path: str, base: str) -> None:
     st = os.stat(base)
-    try:
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", path],
-                       capture_output=True, text=True, check=True)
-    except FileNotFoundError as exc:
-        raise VMError("qemu-img not found: install qemu-utils") from exc
-    except subprocess.CalledProcessError as exc:
-        raise VMError(f"qemu-img create {path} failed: {exc.stderr.strip()}") from exc
+    _need("qemu-img", "qemu-utils")
+    rc, _out, err = execute(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "raw",
+                             path])
+    if rc != 0:
+        raise VMError(f"qemu-img create {path} failed: {err.strip()}")
     with open(path + ".base", "w") as f:
         json.dump({"path": base, "size": st.st_size, "mtime": int(st.st_mtime)}, f)
 
@@ -176,13 +202,12 @@ class Account:
 def tap_problem(tap: str, uid: int) -> str | None:
     """Why the account with uid cannot use tap, or None. Asks iproute2 (netlink), not sysfs:
     in a container sysfs may show another network namespace's devices."""
-    proc = subprocess.run(["ip", "-details", "-json", "link", "show", "dev", tap],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
+    rc, out, _err = execute(["ip", "-details", "-json", "link", "show", "dev", tap])
+    if rc != 0:
         return (f"TAP {tap} does not exist in this network namespace: the lending_host role "
                 f"creates one TAP per VM slot (ip tuntap add dev {tap} mode tap user USER)")
     try:
-        link = json.loads(proc.stdout)[0]
+        link = json.loads(out)[0]
     except (ValueError, IndexError):
         return f"cannot read the details of {tap} from ip"
     info = link.get("linkinfo", {})
@@ -486,7 +511,7 @@ def spawn_systemd(cmd: list[str], account: Account, console: str, cwd: str, name
     """Start cmd as a transient service of the account (KillMode=control-group); returns its
     main pid, which systemd made a session leader (pid == pgid), like spawn_detached."""
     unit = unit_name(account, name)
-    subprocess.run(["systemctl", "reset-failed", unit], capture_output=True)
+    execute(["systemctl", "reset-failed", unit])
     argv = ["systemd-run", "--quiet", f"--unit={unit}", f"--uid={account.uid}",
             f"--gid={account.gid}", "-p", f"WorkingDirectory={cwd}",
             "-p", f"StandardOutput=append:{console}", "-p", "StandardError=inherit",
@@ -496,12 +521,11 @@ def spawn_systemd(cmd: list[str], account: Account, console: str, cwd: str, name
         argv.append(f"--slice={slice_}")
     if memory_max:
         argv += ["-p", f"MemoryMax={memory_max}"]
-    proc = subprocess.run(argv + ["--"] + cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise VMError(f"systemd-run {unit} failed: {proc.stderr.strip()}")
+    rc, _out, err = execute(argv + ["--"] + cmd)
+    if rc != 0:
+        raise VMError(f"systemd-run {unit} failed: {err.strip()}")
     for _ in range(100):
-        out = subprocess.run(["systemctl", "show", "-p", "MainPID", "--value", unit],
-                             capture_output=True, text=True).stdout.strip()
+        out = execute(["systemctl", "show", "-p", "MainPID", "--value", unit])[1].strip()
         if out.isdigit() and int(out) > 0:
             return int(out)
         time.sleep(0.01)
@@ -510,11 +534,11 @@ def spawn_systemd(cmd: list[str], account: Account, console: str, cwd: str, name
 
 # ---------------------------------------------------------------------------- readiness
 def ping_once(address: str, timeout: float = 0.2) -> bool:
+    # -W bounds the wait; a ping that cannot run is no answer
     try:
-        return subprocess.run(["ping", "-n", "-q", "-c", "1", "-W", str(max(timeout, 0.1)), address],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              timeout=timeout + 2).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
+        wait = str(max(timeout, 0.1))
+        return execute(["ping", "-n", "-q", "-c", "1", "-W", wait, address])[0] == 0
+    except OSError:
         return False
 
 
