@@ -415,6 +415,7 @@ def slurm_script(grid_file: Path, out: Path, cells: int, python: str,
         f"#SBATCH --output={out / 'logs' / 'cell-%a.out'}",
         *(f"#SBATCH {a}" for a in sbatch_args),
         "# one cell of the grid per array task; the result lands in cells/ of the output folder",
+        'echo "task $SLURM_ARRAY_TASK_ID of job $SLURM_ARRAY_JOB_ID on $(hostname)"',
         f"exec {shlex.quote(python)} -m broker.cli sweep {shlex.quote(str(grid_file))} "
         f"--out {shlex.quote(str(out))} --cell \"$SLURM_ARRAY_TASK_ID\"",
     ]
