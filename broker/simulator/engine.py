@@ -1,10 +1,11 @@
 """Event-driven simulation of N domains, each with an EASY scheduler, trading nodes as VMs.
 
-The broker of every domain runs each ``interval`` seconds and calls the same policy objects as
-the live broker (:mod:`broker.policy`): it builds a :class:`~broker.policy.DomainState` from the
-simulated queue, asks :meth:`~broker.policy.DomainPolicy.intent`, and the simulator plays the
-executor: VMs boot (``boot_delay``), run jobs ``slowdown`` slower, and halt (``halt_delay``)
-before the node is the lender's again.
+The broker of every domain runs each ``interval`` seconds and calls the same trade core as the
+live broker (:mod:`broker.negotiation.trade`, over :mod:`broker.policy`): it builds a
+:class:`~broker.policy.DomainState` from the simulated queue, the core returns effects (take a
+loan back, drain it, give a VM back, ask for nodes), and the simulator plays the executor: VMs
+boot (``boot_delay``), run jobs ``slowdown`` slower, and halt (``halt_delay``) before the node is
+the lender's again.
 
 Design for speed: one heap of timed events (job ends, VM up, VM down); submissions are read from
 each domain's sorted lists; nodes are counts (physical) or a few VM records (borrowed); events
@@ -67,7 +68,7 @@ class SimConfig:
 
 
 class VM:
-    __slots__ = ("id", "lender", "borrower", "state", "job", "started", "busy_since")
+    __slots__ = ("id", "lender", "borrower", "state", "job", "started", "busy_since", "loan")
 
     def __init__(self, vid: int, lender: int, borrower: int, started: float) -> None:
         self.id = vid
@@ -77,6 +78,7 @@ class VM:
         self.job = -1
         self.started = started
         self.busy_since = -1.0
+        self.loan: Loan | None = None  # Simulation._loan's record, until the VM's job changes
 
 
 @dataclass(slots=True)
@@ -116,6 +118,8 @@ class Domain:
         self.free = workload.capacity  # own physical nodes free (not busy, not lent)
         self.lent = 0  # own nodes running (or halting) a peer's VM
         self.vms: dict[int, VM] = {}  # borrowed VMs, any state
+        # VMs on own nodes for peers, until back: borrower index -> VM id -> VM
+        self.loans: dict[int, dict[int, VM]] = {}
         self.idle_vms: list[VM] = []  # borrowed, up, no job, not draining
         self.active_vms = 0  # borrowed VMs not halting (|V_a|)
         self.queue: list[int] = []
@@ -229,6 +233,7 @@ class Simulation:
         for vm in vms:
             vm.job = j
             vm.busy_since = now
+            vm.loan = None
         d.job_vms[j] = vms
         d.start[j] = now
         d.on_vms[j] = 1
@@ -266,6 +271,7 @@ class Simulation:
                     st.busy_from = d.start[j]
                 vm.job = -1
                 vm.busy_since = -1.0
+                vm.loan = None
                 if vm.state == UP:
                     d.idle_vms.append(vm)
                 elif vm.state == DRAINING:
@@ -306,6 +312,7 @@ class Simulation:
             self.vm_seq += 1
             vm = VM(self.vm_seq, lender.index, borrower.index, now)
             borrower.vms[vm.id] = vm
+            lender.loans.setdefault(borrower.index, {})[vm.id] = vm
             borrower.active_vms += 1
             if self.log is not None:
                 self.log.append((now, LOG_LEND, lender.index, vm.id, borrower.index, ()))
@@ -358,6 +365,7 @@ class Simulation:
         b.count_to(now)
         lender.count_to(now)
         del b.vms[vm.id]
+        del lender.loans[b.index][vm.id]
         lender.lent -= 1
         lender.free += 1
         lender.valid = False
@@ -514,8 +522,9 @@ class Simulation:
 
     # -- broker -------------------------------------------------------------------------
     def loans_of(self, lender: Domain) -> list[VM]:
-        return [vm for b in self.domains if b is not lender for vm in b.vms.values()
-                if vm.lender == lender.index and vm.state != HALTING]
+        """The lender's VMs not halting, by borrower, then in the order they were lent."""
+        by = lender.loans
+        return [vm for b in sorted(by) for vm in by[b].values() if vm.state != HALTING]
 
     def _nothing_to_trade(self) -> bool:
         """True when no intent can be anything but HOLD or an unmatched LEND.
@@ -593,10 +602,14 @@ class Simulation:
                 self.lend(domains[index], b, len(hosts), now)
 
     def _loan(self, vm: VM) -> Loan:
-        """A simulated VM as the trade core sees a loan (absolute times)."""
-        epoch = self.cfg.epoch
-        return Loan(vm.id, self.domains[vm.borrower].name, epoch + vm.started,
-                    epoch + vm.busy_since if vm.job >= 0 else None)
+        """A simulated VM as the trade core sees a loan (absolute times); made once and kept
+        on the VM until its job changes (start_vms, _release clear it)."""
+        loan = vm.loan
+        if loan is None:
+            epoch = self.cfg.epoch
+            loan = vm.loan = Loan(vm.id, self.domains[vm.borrower].name, epoch + vm.started,
+                                  epoch + vm.busy_since if vm.job >= 0 else None)
+        return loan
 
     def sample(self, now: float) -> None:
         for d in self.domains:

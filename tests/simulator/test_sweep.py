@@ -144,7 +144,7 @@ def test_slurm_without_sbatch_says_what_to_do(tiny, tmp_path):
     ("policies: {a: {}}\nscenarios: {g: {domains: [oops]}}\n",
      ("scenarios.g.domains[0]", "NAME=TRACE")),
     ("policies: {a: {lending: {fraction: 1}}}\nscenarios: {g: {preset: demo}}\n",
-     ("policies.a", "unknown key 'lending.fraction'")),
+     ("policies.a", "lending.fraction", "unknown key")),
     ("policies: {a: missing.yml}\nscenarios: {g: {preset: demo}}\n",
      ("policies.a", "missing.yml not found")),
     ("policies: {a: {}}\nscenarios: {g: {preset: demo}}\nseeds: [1, x]\n",
