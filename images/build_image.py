@@ -5,15 +5,20 @@ Kinds:
   busybox    a tiny ext4 image: busybox-static and a shell init (fast tests)
   node       Debian bookworm minbase + slurmd, munge, iproute2, iputils-ping, kmod, nfs-common,
              the UML kernel's modules (NFS client) and the compute-node init
+  pbs-node   the same for an OpenPBS domain: Debian minbase + the MoM of the domain's own
+             OpenPBS build (/opt/pbs from the archive `python -m broker.lab.pbs_build` makes,
+             given with --pbs-archive or VIOCLUSTER_PBS_ARCHIVE), the packages its programs
+             load, an empty PBS_HOME for a MoM, and the same init (vc_sched=pbs)
   qemu-boot  vmlinuz + a small initramfs from Debian's linux-image-amd64 package, to boot the
              same ext4 images under QEMU (-kernel/-initrd; root on virtio-blk)
 
 Each build lands in CACHE/KIND-KEY/ where KEY is the SHA-256 (first 16 hex digits) of the
 inputs: this script, the kind's init, the package list, the suite, and the versions of the host
-parts copied in (UML modules, busybox, kernel package). A build whose directory exists is reused.
+parts copied in (UML modules, busybox, kernel package; for pbs-node the OpenPBS archive's sha256).
+A build whose directory exists is reused.
 
   build_image.py key KIND             print the input key
-  build_image.py build KIND [--cache DIR] [--mirror URL]
+  build_image.py build KIND [--cache DIR] [--mirror URL] [--pbs-archive FILE]
                                       build if needed, print one JSON line:
                                       {"kind", "key", "dir", "image", "changed", ...}
 
@@ -55,6 +60,13 @@ NODE_PACKAGES = [
     "slurmd", "munge", "iproute2", "iputils-ping", "kmod", "nfs-common", "netbase", "procps",
 ]
 NODE_IMAGE_SIZE = "1G"
+# The OpenPBS MoM's image: no Slurm, no munge (PBS's MoM authenticates by reserved port to its
+# server); the packages the archive's programs load come from the archive's own list.
+PBS_NODE_PACKAGES = [
+    "iproute2", "iputils-ping", "kmod", "nfs-common", "netbase", "procps",
+]
+PBS_NODE_IMAGE_SIZE = "1536M"
+PBS_HOME = "/var/spool/pbs"
 BUSYBOX_IMAGE_SIZE = "16M"
 # Modules the QEMU initramfs loads to find its root filesystem and its network card.
 # qemu_fw_cfg shows the guest the config directory's files QEMU passes with -fw_cfg.
@@ -134,12 +146,45 @@ def inputs_for(kind: str) -> Inputs:
                              "watchdog": sha(HERE / "node" / "viocluster-watchdog"),
                              "packages": " ".join(NODE_PACKAGES), "suite": SUITE,
                              "uml_modules": uml_modules_dir().name, "size": NODE_IMAGE_SIZE})
+    if kind == "pbs-node":
+        archive = pbs_archive()
+        script = code_hash(build_node, build_pbs_node, pbs_packages)
+        return Inputs(kind, {"script": script, "init": sha(HERE / "node" / "viocluster-init"),
+                             "watchdog": sha(HERE / "node" / "viocluster-watchdog"),
+                             "packages": " ".join(PBS_NODE_PACKAGES), "suite": SUITE,
+                             "openpbs": sha(archive),
+                             "uml_modules": uml_modules_dir().name, "size": PBS_NODE_IMAGE_SIZE})
     if kind == "qemu-boot":
         script = hashlib.sha256((code_hash(build_qemu_boot, module_closure, modinfo_depends)
                                  + QEMU_INIT).encode()).hexdigest()
         return Inputs(kind, {"script": script, "kernel": kernel_package(),
                              "busybox": sha(busybox_binary()), "modules": " ".join(QEMU_MODULES)})
-    raise BuildError(f"unknown image kind {kind!r}: use busybox, node or qemu-boot")
+    raise BuildError(f"unknown image kind {kind!r}: use busybox, node, pbs-node or qemu-boot")
+
+
+def pbs_archive() -> Path:
+    """The OpenPBS archive of the domain's build (VIOCLUSTER_PBS_ARCHIVE, or --pbs-archive)."""
+    env = os.environ.get("VIOCLUSTER_PBS_ARCHIVE", "")
+    if not env:
+        raise BuildError("the pbs-node image needs the domain's OpenPBS archive: pass --pbs-archive "
+                         "FILE (python -m broker.lab.pbs_build --print-archive prints it)")
+    path = Path(env)
+    if not path.is_file():
+        raise BuildError(f"OpenPBS archive {path} not found: build it with "
+                         "python -m broker.lab.pbs_build")
+    return path
+
+
+def pbs_packages(archive: Path) -> list[str]:
+    """The Debian packages the archive's programs load (its packages-common.txt)."""
+    import tarfile
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            if member.name.rstrip("/").endswith("viocluster-pbs/packages-common.txt"):
+                f = tar.extractfile(member)
+                return (f.read().decode() if f else "").split()
+    raise BuildError(f"{archive} has no viocluster-pbs/packages-common.txt: not an archive of "
+                     "python -m broker.lab.pbs_build")
 
 
 # ---------------------------------------------------------------- apt sources -> mirror
@@ -251,6 +296,53 @@ def build_node(work: Path, out: Path, key: str, mirror: str, cache: Path) -> dic
     return {"image": str(image), "init": "/sbin/viocluster-init"}
 
 
+def build_pbs_node(work: Path, out: Path, key: str, mirror: str, cache: Path) -> dict:
+    """Debian minbase, the domain's OpenPBS tree and an empty MoM home, the node init."""
+    if os.geteuid() != 0:
+        raise BuildError("building the pbs-node image needs root (debootstrap, chroot)")
+    archive = pbs_archive()
+    root = work / "root"
+    debs = cache / "debootstrap-cache"
+    debs.mkdir(parents=True, exist_ok=True)
+    packages = sorted(set(PBS_NODE_PACKAGES) | set(pbs_packages(archive)))
+    run(["debootstrap", "--variant=minbase", f"--include={','.join(packages)}",
+         f"--cache-dir={debs}", SUITE, str(root), mirror])
+    run(["tar", "-xzpf", str(archive), "-C", str(root), "--strip-components=0", "opt/pbs"])
+    missing = run(["chroot", str(root), "sh", "-c",
+                   "for f in /opt/pbs/sbin/pbs_mom /opt/pbs/bin/qstat; do ldd $f; done"
+                   " | grep 'not found' || true"]).stdout.strip()
+    if missing:
+        raise BuildError(f"the MoM's libraries are missing from the image:\n{missing}")
+    mods = uml_modules_dir()
+    shutil.copytree(mods, root / "lib" / "modules" / mods.name, symlinks=True)
+    for prog in ("viocluster-init", "viocluster-watchdog"):
+        shutil.copy(HERE / "node" / prog, root / "sbin" / prog)
+        os.chmod(root / "sbin" / prog, 0o755)
+    # PBS_HOME as OpenPBS's own post-install makes it for an execution host, with a placeholder
+    # server: each VM's init writes /etc/pbs.conf and mom_priv/config for its domain's server.
+    (root / "etc" / "pbs.conf").write_text(
+        f"PBS_EXEC=/opt/pbs\nPBS_HOME={PBS_HOME}\nPBS_SERVER=pbs-server-unset\n"
+        "PBS_START_SERVER=0\nPBS_START_SCHED=0\nPBS_START_COMM=0\nPBS_START_MOM=1\n")
+    run(["chroot", str(root), "/opt/pbs/libexec/pbs_postinstall", "execution", "23.06.06",
+         "/opt/pbs", PBS_HOME, "", "sameconf"])
+    if not (root / PBS_HOME.lstrip("/") / "mom_priv").is_dir():
+        raise BuildError("pbs_postinstall made no mom_priv in PBS_HOME")
+    for rel in ("etc/pbs.conf", "etc/hostname", "etc/ssh/ssh_host_rsa_key",
+                PBS_HOME.lstrip("/") + "/server_name"):
+        (root / rel).unlink(missing_ok=True)
+    (root / "etc" / "machine-id").write_text("")
+    (root / "etc" / "resolv.conf").unlink(missing_ok=True)
+    (root / "etc" / "resolv.conf").write_text("")
+    for p in (root / "var" / "cache" / "apt" / "archives").glob("*.deb"):
+        p.unlink()
+    for p in (root / "var" / "lib" / "apt" / "lists").glob("*_Packages"):
+        p.unlink()
+    (root / "mnt" / "config").mkdir(parents=True, exist_ok=True)
+    image = out / "pbs-node.img"
+    mkfs_from_tree(root, image, PBS_NODE_IMAGE_SIZE, "vcpbsnode", key)
+    return {"image": str(image), "init": "/sbin/viocluster-init"}
+
+
 def modinfo_depends(path: Path) -> list[str]:
     """The depends= entry of a module's .modinfo section (no depmod needed)."""
     data = path.read_bytes()
@@ -337,7 +429,8 @@ def build_qemu_boot(work: Path, out: Path, key: str, cache: Path) -> dict:
     return {"kernel": str(out / "vmlinuz"), "initrd": str(initrd), "kernel_version": kver}
 
 
-FILES = {"busybox": ["busybox.img"], "node": ["node.img"], "qemu-boot": ["vmlinuz", "initrd.img"]}
+FILES = {"busybox": ["busybox.img"], "node": ["node.img"], "pbs-node": ["pbs-node.img"],
+         "qemu-boot": ["vmlinuz", "initrd.img"]}
 
 
 def build(kind: str, cache: Path, mirror: str | None, check: bool = False) -> dict:
@@ -362,6 +455,8 @@ def build(kind: str, cache: Path, mirror: str | None, check: bool = False) -> di
             info = build_busybox(work, out, key)
         elif kind == "node":
             info = build_node(work, out, key, mirror or apt_mirror(), cache)
+        elif kind == "pbs-node":
+            info = build_pbs_node(work, out, key, mirror or apt_mirror(), cache)
         else:
             info = build_qemu_boot(work, out, key, cache)
         info = {k: v.replace(str(out), str(final)) for k, v in info.items()}
@@ -401,7 +496,13 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     b.add_argument("--mirror", help="Debian mirror URL (default: from apt sources)")
     b.add_argument("--check", action="store_true", help="report what would be built, build nothing")
+    for p in (k, b):
+        p.add_argument("--pbs-archive", type=Path,
+                       help="pbs-node: the domain's OpenPBS archive (python -m broker.lab.pbs_build "
+                            "--print-archive)")
     args = ap.parse_args(argv)
+    if args.pbs_archive:
+        os.environ["VIOCLUSTER_PBS_ARCHIVE"] = str(args.pbs_archive.resolve())
     try:
         if args.cmd == "key":
             print(inputs_for(args.kind).key())

@@ -36,7 +36,7 @@ COW_V2 = struct.Struct(">II256sqQI")  # v1/v2: native-endian in old files; read 
 UML_SECTOR = 512
 UML_ALIGN = 4096
 READY_MARKER = "VIOCLUSTER-READY"
-CONFIG_FILES = ("node.env", "munge.key", "slurm.conf", "hosts")
+CONFIG_FILES = ("node.env", "munge.key", "slurm.conf", "hosts", "pbs.conf", "passwd", "group")
 
 
 class _Local:

@@ -23,9 +23,13 @@ Mapping (what the tests in tests/pbs/ check on a real server, scheduler and MoMs
   that the scheduler never sees the new node unmarked (for a moment it would be a physical
   node), then wait until its MoM answers (free, or already given a job), and start a
   scheduling cycle (a node coming up does not always start one).
-* Remove: the node goes offline (no new job), each job on it is requeued (``qrerun``), and once
-  no job is left on it the node is deleted (``qmgr -c "delete node"``). Only then may the VM
-  be stopped.
+* Remove: the node goes offline (no new job; ``qmgr -c "set node ... state=offline"``), each
+  job on it is requeued (``qrerun``), and once no job is left on it the node is deleted
+  (``qmgr -c "delete node"``). Only then may the VM be stopped.
+* A borrowed node's name need not resolve on the server's host: its MoM may be reached by
+  address (``Mom=<address>``, as ``borrow.yml`` creates it). ``pbsnodes NAME`` and
+  ``pbsnodes -o NAME`` look the name up first and refuse such a node, so the adapter reads the
+  whole node list and takes nodes offline with ``qmgr``.
 * Lend: ``pbsnodes -o -C viocluster-lent:<contract>``; unlend: ``pbsnodes -r``, the comment
   is unset and a scheduling cycle started (a node back in service starts none by itself).
 """
@@ -178,7 +182,9 @@ class PbsAdapter(CommandAdapter):
         return Snapshot(self.jobs(), self.nodes(), self.borrowed_feature, self.lent_reason)
 
     def _node(self, name: str) -> Node | None:
-        out = self.run("pbsnodes", "-F", "json", name, check=False)
+        # The whole list, not ``pbsnodes NAME``: that looks the name up on this host first, and
+        # a borrowed VM's name need not resolve here (its node reaches the MoM by address).
+        out = self.run("pbsnodes", "-a", "-F", "json", check=False)
         try:
             found = parse_pbsnodes_json(out, self.borrowed_feature)
         except SchedulerError:
@@ -214,7 +220,9 @@ class PbsAdapter(CommandAdapter):
     def remove(self, node: str, reason: str, timeout: float = 30.0) -> RemoveResult:
         if self._node(node) is None:
             return RemoveResult(node, existed=False)
-        self.run("pbsnodes", "-o", "-C", reason, node)
+        # qmgr, not ``pbsnodes -o``, which refuses a node whose name does not resolve here
+        comment = reason.replace('"', "'")
+        self.run("qmgr", "-c", f'set node {node} state=offline,comment="{comment}"')
         running = self._jobs_on(node)
         for job in running:
             self.run("qrerun", job, check=False)  # a job that just ended is no error
