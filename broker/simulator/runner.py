@@ -72,11 +72,15 @@ def run_scenario(
     both: bool = True,
     progress: Callable[[int], None] | None = None,
     parallel: bool = True,
+    meanwhile: Callable[[], object] | None = None,
 ) -> list[RunOutput]:
     """The sharing run (unless ``config.sharing`` is False) and, if ``both``, the no-sharing one.
 
-    With ``parallel`` the no-sharing run goes to a forked child process while this process runs
-    the sharing one (two cores, two runs).
+    With ``parallel`` the two runs go to two processes (two cores, two runs): with ``progress``
+    this process runs the sharing one (the one the progress reports) and a forked child the
+    no-sharing one; without, the child takes the sharing run, the longer, and this process,
+    once its shorter run is done, calls ``meanwhile`` (e.g. an import the outputs need) while
+    the child finishes.
     """
     if not config.sharing:
         return [run_once(workloads, policies, config, progress)]
@@ -86,14 +90,17 @@ def run_scenario(
     if parallel and "fork" in mp.get_all_start_methods():
         ctx = mp.get_context("fork")
         parent, child = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_child, args=(child, workloads, policies, alone))
+        there, here = (alone, config) if progress is not None else (config, alone)
+        proc = ctx.Process(target=_child, args=(child, workloads, policies, there))
         proc.start()
         child.close()
-        shared = run_once(workloads, policies, config, progress)
+        mine = run_once(workloads, policies, here, progress)
+        if meanwhile is not None:
+            meanwhile()
         status, payload = parent.recv()
         proc.join()
         if status != "ok":
-            raise RuntimeError(f"no-sharing run failed: {payload}")
-        return [shared, payload]
+            raise RuntimeError(f"{'no-' if there is alone else ''}sharing run failed: {payload}")
+        return [mine, payload] if here is config else [payload, mine]
     return [run_once(workloads, policies, config, progress),
             run_once(workloads, policies, alone)]
