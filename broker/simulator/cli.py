@@ -62,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="log every run and check it (no start before submit, capacity, no job "
                    "across own and borrowed nodes, every job ends once, jobs.csv and the "
                    "summary add up); the first violation is named and the exit status is 1")
+    p.add_argument("--paper-figure", type=int, choices=(5, 6, 7),
+                   help="which of the paper's completion-time figures the run stands for: names "
+                   "figN_completion.png (default: the preset's, else 5)")
     p.set_defaults(func=main)
 
 
@@ -132,9 +135,11 @@ def main(args: argparse.Namespace) -> int:
         preset, workloads = preset_workloads(args.preset, args.traces, args.seed,
                                              args.strict, args.include_cancelled)
         title = preset.title
+        completion_figure = preset.completion_figure
     else:
         workloads = [_parse_domain(d, args.strict, args.include_cancelled) for d in args.domain]
         title = " vs ".join(w.name for w in workloads)
+        completion_figure = 5
     names = [w.name for w in workloads]
     if len(set(names)) != len(names):
         raise UsageError(f"domain names must differ: {', '.join(names)}")
@@ -189,7 +194,8 @@ def main(args: argparse.Namespace) -> int:
         fh.write(",".join(("run", "domain", *JOB_FIELDS)) + "\n")
         for run in runs:
             fh.write(run.jobs_csv)
-    figures = make_figures(out, runs, {w.name: w.capacity for w in workloads}, title)
+    figures = make_figures(out, runs, {w.name: w.capacity for w in workloads}, title,
+                           args.paper_figure or completion_figure)
     for w in workloads:
         left = _left_out_text(w)
         if left:

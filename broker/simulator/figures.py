@@ -1,4 +1,11 @@
-"""PNG figures in the manner of the paper's Figures 3, 4 and 5, and the time-series CSV."""
+"""PNG figures in the manner of the paper's Figures 3 to 7, and the time-series CSV.
+
+Fig. 3: demand over time with and without sharing. Fig. 4: borrowed nodes over time; with two
+domains one signed series as the paper draws it (positive: the first domain borrows from the
+second; negative: the second borrows from the first). Figs. 5, 6 and 7 are the same kind of
+plot (mean completion time of the jobs submitted each day) for the paper's three scenarios:
+``completion_figure`` says which one a run draws, and names the file after it.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +54,7 @@ def _runs(runs):
 
 
 def make_figures(out: Path, runs: Sequence[RunOutput], capacities: dict[str, int],
-                 title: str) -> list[Path]:
+                 title: str, completion_figure: int = 5) -> list[Path]:
     sharing, alone = _runs(runs)
     names = list(capacities)
     paths = []
@@ -75,13 +82,22 @@ def make_figures(out: Path, runs: Sequence[RunOutput], capacities: dict[str, int
     # Figure 4: borrowed nodes over time (sharing run)
     if sharing is not None:
         fig, ax = plt.subplots(figsize=(8, 3))
-        for name in names:
-            rows = sharing.series[name]
-            ax.plot([t / DAY for t in _column(rows, 0)], _column(rows, 4), lw=0.8,
-                    label=f"{name} borrowed")
+        if len(names) == 2:
+            first, second = (sharing.series[n] for n in names)
+            ax.plot([t / DAY for t in _column(first, 0)],
+                    [a - b for a, b in zip(_column(first, 4), _column(second, 4))], lw=0.8,
+                    color="C0")
+            ax.axhline(0, color="k", lw=0.6)
+            ax.set_ylabel(f"+ {names[0]} borrows from {names[1]}\n"
+                          f"- {names[1]} borrows from {names[0]}", fontsize=8)
+        else:
+            for name in names:
+                rows = sharing.series[name]
+                ax.plot([t / DAY for t in _column(rows, 0)], _column(rows, 4), lw=0.8,
+                        label=f"{name} borrowed")
+            ax.set_ylabel("VMs borrowed")
+            ax.legend(fontsize=7)
         ax.set_xlabel("day")
-        ax.set_ylabel("VMs borrowed")
-        ax.legend(fontsize=7)
         ax.set_title(f"{title}\nborrowed nodes over time", fontsize=10)
         fig.tight_layout()
         paths.append(out / "fig4_borrowed.png")
@@ -102,7 +118,7 @@ def make_figures(out: Path, runs: Sequence[RunOutput], capacities: dict[str, int
     axes[-1, 0].set_xlabel("day")
     fig.suptitle(f"{title}\nmean completion time of the jobs submitted each day")
     fig.tight_layout()
-    paths.append(out / "fig5_completion.png")
+    paths.append(out / f"fig{completion_figure}_completion.png")
     fig.savefig(paths[-1], dpi=90)
     plt.close(fig)
     return paths

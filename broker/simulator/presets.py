@@ -37,6 +37,7 @@ class Preset:
     name: str
     title: str
     sections: tuple[Section, ...] = ()
+    completion_figure: int = 5  # the paper's figure of its completion times (5, 6 or 7)
 
 
 # OSC: 57 machines (32 quad + 25 dual processors). At 178 processor slots its cleaned log never
@@ -59,11 +60,13 @@ PRESETS = {
         "osc-osc",
         "Two sections of OSC whose spikes coincide (paper Fig. 6)",
         (Section("osc1", OSC, 57, 348, 438), Section("osc2", OSC, 57, 451, 541)),
+        6,
     ),
     "ctc-ctc": Preset(
         "ctc-ctc",
         "Two low-demand sections of CTC (paper Fig. 7)",
         (Section("ctc1", CTC, 338, 171, 201), Section("ctc2", CTC, 338, 0, 30)),
+        7,
     ),
 }
 
