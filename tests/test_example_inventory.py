@@ -106,29 +106,41 @@ def group_hosts(inv: dict[str, Any], group: str) -> set[str]:
     return hosts
 
 
+MODE_GROUPS = ("viocluster_adopted", "viocluster_installed", "viocluster_pbs")
+
+
 def mode_group(inv: dict[str, Any], group: str) -> set[str]:
-    """The groups preflight.yml makes at run time: hosts by their domain's mode."""
+    """The groups preflight.yml makes at run time: hosts by their domain's mode (and the
+    installed ones of PBS domains)."""
     adopted = {h for h in inv["_meta"]["hostvars"]
                if str(hostvars(inv, h).get("viocluster_adopt", False)).lower() in ("true", "yes", "1")}
-    return adopted if group == "viocluster_adopted" else set(inv["_meta"]["hostvars"]) - adopted
+    if group == "viocluster_adopted":
+        return adopted
+    installed = set(inv["_meta"]["hostvars"]) - adopted
+    if group == "viocluster_pbs":
+        return {h for h in installed if hostvars(inv, h).get("viocluster_scheduler", "slurm") == "pbs"}
+    return installed
 
 
 def pattern_hosts(inv: dict[str, Any], pattern: str) -> set[str]:
-    """Hosts of a play pattern made of groups joined by ':', then narrowed by ':&group'
-    (what site.yml uses)."""
+    """Hosts of a play pattern made of groups joined by ':', then narrowed by ':&group' and
+    ':!group' (what site.yml uses)."""
     hosts: set[str] = set()
     narrow: list[set[str]] = []
+    leave_out: list[set[str]] = []
     for part in pattern.split(":"):
-        assert part and part[0] not in "!~" and "{{" not in part, \
+        assert part and part[0] != "~" and "{{" not in part, \
             f"pattern {pattern!r}: extend this helper"
-        if part.startswith("&"):
+        if part[0] in "&!":
             group = part[1:]
-            narrow.append(mode_group(inv, group) if group in ("viocluster_adopted", "viocluster_installed")
-                          else group_hosts(inv, group))
+            members = mode_group(inv, group) if group in MODE_GROUPS else group_hosts(inv, group)
+            (narrow if part[0] == "&" else leave_out).append(members)
         else:
             hosts |= group_hosts(inv, part) if part in inv or part == "all" else {part}
     for other in narrow:
         hosts &= other
+    for other in leave_out:
+        hosts -= other
     return hosts
 
 
@@ -332,6 +344,8 @@ def test_every_variable_site_yml_reads_is_defined_for_the_hosts_of_its_plays(
         hosts = pattern_hosts(inventory, play["hosts"])
         if not hosts and ":&viocluster_adopted" in play["hosts"]:
             continue  # the example adopts no domain (tests/adopt and the adopt fixture do)
+        if not hosts and ":&viocluster_pbs" in play["hosts"]:
+            continue  # the example runs no PBS domain (the lab's domain c does)
         assert hosts, \
             f"play {play.get('name')!r}: its hosts {play['hosts']!r} match no host of the example"
         for var in sorted(needed_by_play(play)):
@@ -510,7 +524,9 @@ def test_role_templates_render_with_the_example_variables(tmp_path: Path) -> Non
 
     # Every template of every role site.yml runs unconditionally was rendered for some host.
     seen = {key.split("#")[0] for files in rendered.values() for key in files}
-    always = {e["role"] for p in site_plays() for e in p.get("roles") or [] if "when" not in e}
+    # (the example runs no PBS domain: the OpenPBS plays have no host there)
+    always = {e["role"] for p in site_plays() if ":&viocluster_pbs" not in p["hosts"]
+              for e in p.get("roles") or [] if "when" not in e}
     every = {f"{t.parent.parent.name}/{t.name[:-3]}" for role in always
              for t in (ROLES / role / "templates").glob("*.j2")}
     assert not every - seen, f"templates site.yml never rendered: {sorted(every - seen)}"
