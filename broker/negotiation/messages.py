@@ -15,17 +15,12 @@ surrogates all get a :class:`MessageError`, never another exception.
 from __future__ import annotations
 
 import json
-import math
-import re
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 from broker.errors import UserError
-
-#: Names of domains, hosts, contracts and message ids: short, printable, shell- and URL-safe.
-#: (``\Z``, not ``$``: a ``$`` also matches before a trailing newline.)
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+from broker.validation import NAME_RE, Reader, show  # NAME_RE: others read it from here
 RECLAIM_MODES = ("immediate", "lease", "drain", "gradual")
 MAX_NODES = 4096
 MAX_BODY = 64 * 1024
@@ -232,7 +227,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     for key, value in pairs:
         if key in obj:
             raise MessageError(
-                f"key {_show(key)} appears twice in one object; send each field once"
+                f"key {show(key)} appears twice in one object; send each field once"
             )
         obj[key] = value
     return obj
@@ -248,15 +243,9 @@ def from_dict(raw: Any) -> Message:
     cls = MESSAGE_TYPES.get(kind)
     if cls is None:
         known = ", ".join(sorted(MESSAGE_TYPES))
-        raise MessageError(f"unknown message type {_show(kind)}; expected one of: {known}")
+        raise MessageError(f"unknown message type {show(kind)}; expected one of: {known}")
     expected = {f.name for f in fields(cls)} | {"type"}
-    extra = sorted(set(raw) - expected)
-    if extra:
-        raise MessageError(f"{kind}: unknown field(s) {_keys(extra)}; allowed: "
-                           f"{', '.join(sorted(expected))}")
-    missing = sorted(expected - set(raw))
-    if missing:
-        raise MessageError(f"{kind}: missing field(s) {', '.join(missing)}")
+    _object(raw, kind, expected, expected)
     values: dict[str, Any] = {
         "id": _name(raw, "id", kind),
         "sender": _name(raw, "sender", kind),
@@ -289,7 +278,7 @@ def from_dict(raw: Any) -> Message:
         for i, item in enumerate(items):
             where = f"{kind}.contracts[{i}]"
             if not (isinstance(item, (list, tuple)) and len(item) == 2):
-                raise MessageError(f"{where}: expected [contract_id, state]")
+                raise _R.wrong(where, item, "[contract_id, state]")
             pairs.append(
                 (_name({"c": item[0]}, "c", where), _name({"s": item[1]}, "s", where))
             )
@@ -299,88 +288,37 @@ def from_dict(raw: Any) -> Message:
     return cls(**values)
 
 
+class _MessageReader(Reader):
+    error = MessageError
+    key = "field"
+    mapping_kind = "an object"
+
+
+_R = _MessageReader()
+
+
 def _json_type(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}.get(
-        type(value), "a number" if isinstance(value, (int, float)) else "null"
-    )
-
-
-def _show(value: Any) -> str:
-    """``value`` as an error message shows it: short, one line, whatever it holds."""
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    if isinstance(value, int):
-        if abs(value) < 10**20:
-            return str(value)
-        if value.bit_length() < 13_000:  # str() of an int refuses more than 4300 digits
-            return f"an integer of {len(str(abs(value)))} digits"
-        return "an integer of thousands of digits"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "NaN"
-        if math.isinf(value):
-            return "Infinity" if value > 0 else "-Infinity"
-        return repr(value)
-    if isinstance(value, str):
-        if len(value) <= 40:
-            return repr(value)
-        return f"{value[:40]!r}... ({len(value)} characters)"
-    return _json_type(value)
-
-
-def _keys(keys: list[str]) -> str:
-    """Field names for an error message; odd ones quoted, at most ten."""
-    shown = [k if NAME_RE.match(k) and len(k) <= 40 else _show(k) for k in keys[:10]]
-    more = f" and {len(keys) - 10} more" if len(keys) > 10 else ""
-    return ", ".join(shown) + more
+    return _R.kind(value) if isinstance(value, (dict, list, tuple)) else {
+        str: "a string", bool: "a boolean"}.get(
+        type(value), "a number" if isinstance(value, (int, float)) else "null")
 
 
 def _name(raw: dict[str, Any], key: str, where: str) -> str:
-    value = raw.get(key)
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        raise MessageError(
-            f"{where}.{key}: expected a name of 1-63 letters, digits, '.', '_' or '-', "
-            f"got {_show(value)}"
-        )
-    return value
+    return _R.name(raw.get(key), f"{where}.{key}")
 
 
 def _text(raw: dict[str, Any], key: str, where: str, limit: int = 500) -> str:
-    value = raw.get(key)
-    if not isinstance(value, str) or len(value) > limit:
-        got = f"{len(value)} characters" if isinstance(value, str) else _show(value)
-        raise MessageError(f"{where}.{key}: expected a string of at most {limit} characters, "
-                           f"got {got}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:  # a lone surrogate (\ud800 in JSON) cannot be stored
-        raise MessageError(f"{where}.{key}: character {exc.start} is a lone UTF-16 surrogate; "
-                           "send text that is valid Unicode") from None
-    return value
+    return _R.text(raw.get(key), f"{where}.{key}", limit=limit, empty=True)
 
 
 def _int(raw: dict[str, Any], key: str, where: str, minimum: int, maximum: int) -> int:
-    value = raw.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-        raise MessageError(f"{where}.{key}: expected an integer from {minimum} to {maximum}, "
-                           f"got {_show(value)}")
-    return value
+    return _R.integer(raw.get(key), f"{where}.{key}", minimum, maximum)
 
 
 def _number(raw: dict[str, Any], key: str, where: str, minimum: float, maximum: float,
             unit: str) -> float:
-    """A finite number in [minimum, maximum]. An int is compared as an int (exactly, and
-    without the OverflowError that converting one too large for a float would raise)."""
-    value = raw.get(key)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or (isinstance(value, float) and not math.isfinite(value))
-        or not minimum <= value <= maximum
-    ):
-        raise MessageError(f"{where}.{key}: expected a number from {_bound(minimum)} to "
-                           f"{_bound(maximum)} ({unit}), got {_show(value)}")
-    return float(value)
+    return _R.number(raw.get(key), f"{where}.{key}", minimum, maximum,
+                     expected=f"a number from {_bound(minimum)} to {_bound(maximum)} ({unit})")
 
 
 def _bound(x: float) -> str:
@@ -388,25 +326,11 @@ def _bound(x: float) -> str:
 
 
 def _list(raw: dict[str, Any], key: str, where: str, minimum: int = 0) -> list[Any]:
-    value = raw.get(key)
-    if not isinstance(value, (list, tuple)) or not minimum <= len(value) <= MAX_NODES:
-        got = f"{len(value)} items" if isinstance(value, (list, tuple)) else _show(value)
-        raise MessageError(f"{where}.{key}: expected an array of {minimum} to {MAX_NODES} items, "
-                           f"got {got}")
-    return value
+    return _R.array(raw.get(key), f"{where}.{key}", minimum, MAX_NODES)
 
 
 def _object(value: Any, where: str, keys: set[str], required: set[str]) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise MessageError(f"{where}: expected an object, got {_json_type(value)}")
-    extra = sorted(set(value) - keys)
-    if extra:
-        raise MessageError(f"{where}: unknown field(s) {_keys(extra)}; allowed: "
-                           f"{', '.join(sorted(keys))}")
-    missing = sorted(required - set(value))
-    if missing:
-        raise MessageError(f"{where}: missing field(s) {', '.join(missing)}")
-    return value
+    return _R.mapping(value, where, sorted(keys), sorted(required))
 
 
 def _needs(value: Any, kind: str) -> Needs:
@@ -425,10 +349,7 @@ def _terms(value: Any, kind: str) -> Terms:
     keys = {"mode", "lease_s", "per_interval"}
     obj = _object(value, where, keys, keys)
     mode = obj["mode"]
-    if not isinstance(mode, str) or mode not in RECLAIM_MODES:
-        raise MessageError(
-            f"{where}.mode: expected one of {', '.join(RECLAIM_MODES)}, got {_show(mode)}"
-        )
+    _R.choice(mode, f"{where}.mode", RECLAIM_MODES)
     lease = _number(obj, "lease_s", where, 0, MAX_LEASE_S, "seconds")
     per_interval = _int(obj, "per_interval", where, 1, MAX_NODES)
     return Terms(mode=mode, lease_s=lease, per_interval=per_interval)

@@ -1,7 +1,8 @@
 """Read a domain's policy from the YAML file its administrator writes.
 
 Every wrong key, type or value raises :class:`broker.errors.ConfigError` naming the key by its
-path (``lending.fraction_idle``), what was given and what is allowed. See
+path (``lending.fraction_idle``), what was given and what is expected, in the shape every
+reader shares (:mod:`broker.validation`). See
 docs/examples/policy.yml for a commented example.
 """
 
@@ -16,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from broker.errors import ConfigError
+from broker.validation import Reader
 from broker.negotiation.messages import MAX_LEASE_S
 from broker.policy.borrowing import BorrowingPolicy
 from broker.policy.domain import DomainPolicy
@@ -35,86 +37,71 @@ class _Key:
     check: Callable[[str, Any], Any]
 
 
-class _Reader:
-    def __init__(self, source: str) -> None:
-        self.source = source
+class _Reader(Reader):
+    """The shared checks (:mod:`broker.validation`), with the policy's own values."""
 
-    def fail(self, path: str, given: Any, allowed: str) -> ConfigError:
-        return ConfigError(
-            f"{self.source}: {path}: got {given!r}; allowed: {allowed}"
-        )
+    error = ConfigError
 
     # -- checkers -------------------------------------------------------------------------
-    def boolean(self, path: str, v: Any) -> bool:
-        if not isinstance(v, bool):
-            raise self.fail(path, v, "true or false")
-        return v
+    def flag(self, path: str, v: Any) -> bool:
+        return self.boolean(v, path)
 
     def count(self, path: str, v: Any, *, none_ok: bool = False) -> int | None:
         if v is None and none_ok:
             return None
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise self.fail(path, v, "an integer >= 0" + (" or null (no cap)" if none_ok else ""))
-        return v
+        return self.integer(v, path, 0,
+                            expected="an integer >= 0" + (" or null (no cap)" if none_ok else ""))
 
     def seconds(self, path: str, v: Any) -> float:
         # at most what a message's terms.lease_s may carry, or peers would refuse our offers
-        if (isinstance(v, bool) or not isinstance(v, (int, float))
-                or not 0 <= v <= MAX_LEASE_S):  # NaN fails the comparison too
-            raise self.fail(path, v, f"a number of seconds from 0 to {MAX_LEASE_S:.0f}")
-        return float(v)
+        return self.number(v, path, 0, MAX_LEASE_S,
+                           expected=f"a number of seconds from 0 to {MAX_LEASE_S:.0f}")
 
     def fraction(self, path: str, v: Any) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-            raise self.fail(path, v, "a number from 0 to 1 (paper: 0.5)")
-        return float(v)
+        return self.number(v, path, 0, 1, expected="a number from 0 to 1 (paper: 0.5)")
 
     def positive(self, path: str, v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise self.fail(path, v, "an integer >= 1")
-        return v
+        return self.integer(v, path, 1)
 
     def windows(self, path: str, v: Any) -> tuple[TimeWindow, ...]:
         if v is None:
             return ()
         if not isinstance(v, list):
-            raise self.fail(path, v, f"a list of windows, each {WINDOW_FORMAT}")
+            raise self.wrong(path, v, f"a list of windows, each {WINDOW_FORMAT}")
         out = []
         for i, item in enumerate(v):
             if not isinstance(item, str):
-                raise self.fail(f"{path}[{i}]", item, WINDOW_FORMAT)
+                raise self.wrong(f"{path}[{i}]", item, WINDOW_FORMAT)
             try:
                 out.append(parse_window(item))
             except ValueError as exc:
-                raise self.fail(f"{path}[{i}]", item, str(exc).removeprefix("expected ")) from None
+                raise self.wrong(f"{path}[{i}]", item, str(exc).removeprefix("expected ")) from None
         return tuple(out)
 
     def peers(self, path: str, v: Any) -> frozenset[str] | None:
         if v == "all" or v is None:
             return None
         if not isinstance(v, list) or not all(isinstance(p, str) and p for p in v):
-            raise self.fail(path, v, "'all' or a list of peer domain names")
+            raise self.wrong(path, v, "'all' or a list of peer domain names")
         return frozenset(v)
 
     def mode(self, path: str, v: Any) -> Mode:
-        if v not in MODES:
-            raise self.fail(path, v, ", ".join(MODES))
-        return Mode(v)
+        return Mode(self.choice(v, path, MODES))
 
     def modes(self, path: str, v: Any) -> frozenset[Mode]:
         if v == "all":
             return frozenset(Mode)
         if not isinstance(v, list):
-            raise self.fail(path, v, f"'all' or a list of: {', '.join(MODES)}")
+            raise self.wrong(path, v, f"'all' or a list of: {', '.join(MODES)}")
         return frozenset(self.mode(f"{path}[{i}]", m) for i, m in enumerate(v))
 
     def timezone(self, path: str, v: Any) -> Any:
         if not isinstance(v, str):
-            raise self.fail(path, v, "an IANA time zone name such as UTC or America/New_York")
+            raise self.wrong(path, v, "an IANA time zone name such as UTC or America/New_York")
         try:
             return ZoneInfo(v)
         except (ZoneInfoNotFoundError, ValueError):
-            raise self.fail(
+            raise self.wrong(
                 path, v, "an IANA time zone name such as UTC or America/New_York"
             ) from None
 
@@ -122,18 +109,9 @@ class _Reader:
     def section(self, path: str, data: Any, keys: Mapping[str, _Key]) -> dict[str, Any]:
         if data is None:
             return {}
-        if not isinstance(data, Mapping):
-            raise self.fail(path or "(top level)", data, f"a mapping with keys {', '.join(keys)}")
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            full = f"{path}.{key}" if path else str(key)
-            if key not in keys:
-                raise ConfigError(
-                    f"{self.source}: unknown key {full!r}; allowed keys"
-                    f"{' under ' + path if path else ''}: {', '.join(keys)}"
-                )
-            out[str(key)] = keys[key].check(full, value)
-        return out
+        self.mapping(data, path, list(keys))
+        return {str(key): keys[key].check(f"{path}.{key}" if path else str(key), value)
+                for key, value in data.items()}
 
 
 def parse_policy(data: Any, source: str = "policy") -> DomainPolicy:
@@ -141,7 +119,7 @@ def parse_policy(data: Any, source: str = "policy") -> DomainPolicy:
     r = _Reader(source)
     cap = lambda p, v: r.count(p, v, none_ok=True)  # noqa: E731
     lending_keys = {
-        "enabled": _Key(r.boolean),
+        "enabled": _Key(r.flag),
         "fraction_idle": _Key(r.fraction),
         "min_reserve": _Key(r.count),
         "max_lent": _Key(cap),
@@ -154,7 +132,7 @@ def parse_policy(data: Any, source: str = "policy") -> DomainPolicy:
         "disk_gb": _Key(r.count),
     }
     borrowing_keys = {
-        "enabled": _Key(r.boolean),
+        "enabled": _Key(r.flag),
         "max_borrowed": _Key(cap),
         "require": _Key(lambda p, v: r.section(p, v, require_keys)),
         "accept_reclamation": _Key(r.modes),

@@ -7,8 +7,8 @@ complete example.
 
 from __future__ import annotations
 
-import math
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from broker.errors import ConfigError
-from broker.negotiation.messages import NAME_RE
+from broker.validation import Reader, show
 from broker.policy import DomainPolicy, load_policy, parse_policy
 from broker.service.addresses import AddressPool, PoolError
 from broker.service.ratelimit import RateLimit
@@ -132,11 +132,6 @@ class BrokerConfig:
         return None
 
 
-def _short(raw: Any) -> str:
-    text = repr(raw) if not isinstance(raw, int) or abs(raw) < 10**20 else "a huge integer"
-    return text if len(text) <= 60 else text[:60] + "..."
-
-
 def _account(r: "_Reader", raw: Any, path: str) -> str:
     """An account name, or a pattern with ``{borrower}`` (one account per peer domain)."""
     if isinstance(raw, str) and "{borrower}" in raw:
@@ -145,49 +140,23 @@ def _account(r: "_Reader", raw: Any, path: str) -> str:
     return r.name(raw, path)
 
 
-class _Reader:
+class _Reader(Reader):
+    """The shared checks (:mod:`broker.validation`), with the config's own: paths relative to
+    the config file, listen addresses, commands, rate limits."""
+
+    error = ConfigError
+
     def __init__(self, source: str, base: Path) -> None:
-        self.source = source
+        super().__init__(source)
         self.base = base
 
-    def fail(self, path: str, msg: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {path}: {msg}")
+    def mapping(self, raw: Any, path: str, keys: Collection[str],
+                required: Collection[str] = ()) -> dict:
+        return super().mapping(raw, path, sorted(keys, key=str), sorted(required, key=str))
 
-    def mapping(self, raw: Any, path: str, keys: set[str], required: set[str] = set()) -> dict:
-        if not isinstance(raw, dict):
-            raise self.fail(path, f"expected a mapping, got {type(raw).__name__}")
-        extra = sorted(set(raw) - keys)
-        if extra:
-            raise self.fail(path, f"unknown key(s) {', '.join(map(str, extra))}; allowed: {', '.join(sorted(keys))}")
-        missing = sorted(required - set(raw))
-        if missing:
-            raise self.fail(path, f"missing key(s) {', '.join(missing)}")
-        return raw
-
-    def name(self, raw: Any, path: str) -> str:
-        if not isinstance(raw, str) or not NAME_RE.match(raw):
-            raise self.fail(path, f"got {raw!r}; expected a name of letters, digits, '.', '_', '-'")
-        return raw
-
-    def text(self, raw: Any, path: str) -> str:
-        if not isinstance(raw, str) or not raw:
-            raise self.fail(path, f"got {raw!r}; expected a non-empty string")
-        return raw
-
-    def number(self, raw: Any, path: str, minimum: float = 0.0, maximum: float = 1e9) -> float:
-        # an int is compared as an int: float() of a huge one would raise OverflowError
-        if (isinstance(raw, bool) or not isinstance(raw, (int, float))
-                or (isinstance(raw, float) and not math.isfinite(raw))
-                or not minimum < raw <= maximum):
-            raise self.fail(path, f"got {_short(raw)}; expected a number > {minimum:g} "
-                                  f"and at most {maximum:g}")
-        return float(raw)
-
-    def integer(self, raw: Any, path: str, minimum: int, maximum: int) -> int:
-        if isinstance(raw, bool) or not isinstance(raw, int) or not minimum <= raw <= maximum:
-            raise self.fail(path, f"got {_short(raw)}; expected an integer from {minimum} "
-                                  f"to {maximum}")
-        return raw
+    def number(self, raw: Any, path: str, minimum: float = 0.0,  # type: ignore[override]
+               maximum: float = 1e9) -> float:
+        return super().number(raw, path, minimum, maximum, above=True)
 
     def rate_limit(self, raw: Any, path: str) -> RateLimit:
         default = RateLimit()
@@ -203,14 +172,12 @@ class _Reader:
 
     def listen(self, raw: Any, path: str) -> Listen:
         obj = self.mapping(raw, path, {"host", "port"}, {"host", "port"})
-        port = obj["port"]
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-            raise self.fail(f"{path}.port", f"got {port!r}; expected 0..65535")
+        port = self.integer(obj["port"], f"{path}.port", 0, 65535)
         return Listen(self.text(obj["host"], f"{path}.host"), port)
 
     def commands(self, raw: Any, path: str) -> tuple[str, ...]:
         if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
-            raise self.fail(path, f"expected a command as a list of strings, got {raw!r}")
+            raise self.wrong(path, raw, "a command as a list of strings")
         return tuple(raw)
 
 
@@ -236,7 +203,7 @@ def load_config(path: Path | str) -> BrokerConfig:
 
 def parse_config(raw: Any, source: str, base: Path) -> BrokerConfig:
     r = _Reader(source, base)
-    top = r.mapping(raw, "(top)", TOP_KEYS, {"domain", "state_dir", "listen", "tls", "peers"})
+    top = r.mapping(raw, "", TOP_KEYS, {"domain", "state_dir", "listen", "tls", "peers"})
     domain = r.name(top["domain"], "domain")
 
     tls_raw = r.mapping(top["tls"], "tls", {"cert", "key", "ca", "expiry_warning_days"},
@@ -264,7 +231,7 @@ def parse_config(raw: Any, source: str, base: Path) -> BrokerConfig:
                 at = f"{where}.fingerprint" + (f"[{i}]" if isinstance(raw_fps, list) else "")
                 raise r.fail(
                     at,
-                    f"got {_short(fp)}; expected 'sha256:' and 64 lower-case hex digits, or a "
+                    f"got {show(fp)}; expected 'sha256:' and 64 lower-case hex digits, or a "
                     "list of them (`viocluster broker certs` prints it)",
                 )
         if len(set(listed)) != len(listed):
@@ -288,14 +255,12 @@ def parse_config(raw: Any, source: str, base: Path) -> BrokerConfig:
     elif isinstance(policy_raw, dict):
         policy = parse_policy(policy_raw, f"{source}: policy")
     else:
-        raise r.fail("policy", "expected a path to a policy file or a mapping")
+        raise r.wrong("policy", policy_raw, "a path to a policy file or a mapping")
 
     needs_raw = r.mapping(top.get("needs", {}), "needs", {"cpus", "memory_mb", "disk_gb"})
     needs = {"cpus": 1, "memory_mb": 0, "disk_gb": 0}
     for key, value in needs_raw.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise r.fail(f"needs.{key}", f"got {value!r}; expected an integer >= 0")
-        needs[key] = value
+        needs[key] = r.integer(value, f"needs.{key}", 0)
 
     scheduler = top.get("scheduler", {"kind": "slurm"})
     r.mapping(scheduler, "scheduler", set(scheduler) if isinstance(scheduler, dict) else set())
@@ -321,9 +286,8 @@ def parse_config(raw: Any, source: str, base: Path) -> BrokerConfig:
     ex_keys = {"playbook_dir", "borrow_playbook", "reclaim_playbook", "inventory", "extravars",
                "timeout_s", "admit_timeout_s"}
     ex = r.mapping(top.get("executor", {}), "executor", ex_keys)
-    extravars = ex.get("extravars", {})
-    if not isinstance(extravars, dict):
-        raise r.fail("executor.extravars", "expected a mapping")
+    ev = ex.get("extravars", {})
+    extravars = r.mapping(ev, "executor.extravars", list(ev) if isinstance(ev, dict) else [])
     executor = ExecutorConfig(
         playbook_dir=r.path(ex.get("playbook_dir", "playbooks"), "executor.playbook_dir"),
         borrow_playbook=r.text(ex.get("borrow_playbook", "borrow.yml"), "executor.borrow_playbook"),

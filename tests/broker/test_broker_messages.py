@@ -45,7 +45,7 @@ def test_every_type_round_trips(message):
         (b"\xff\xfe", "not UTF-8"),
         (b"[1, 2]", "must be a JSON object"),
         (json.dumps({"type": "gimme", "id": "x"}).encode(), "unknown message type 'gimme'"),
-        (json.dumps(_request(colour="red")).encode(), "unknown field(s) colour"),
+        (json.dumps(_request(colour="red")).encode(), "unknown field 'request.colour'; allowed under request:"),
         (json.dumps({k: v for k, v in _request().items() if k != "nodes"}).encode(), "missing field(s) nodes"),
         (json.dumps(_request(nodes=0)).encode(), "request.nodes"),
         (json.dumps(_request(nodes=True)).encode(), "request.nodes"),
@@ -99,11 +99,11 @@ def _with(path: str, value, raw_text: str | None = None) -> bytes:
     ("data", "words"),
     [
         # the issue: an integer too large for a float raised OverflowError (a 500)
-        (_with("sent_at", 10**400), ["request.sent_at: expected a number from 0 to 253402300799",
-                                     "got an integer of 401 digits"]),
+        (_with("sent_at", 10**400), ["request.sent_at: got an integer of 401 digits; expected "
+                                     "a number from 0 to 253402300799"]),
         (_with("terms.lease_s", 10**400),
-         ["request.terms.lease_s: expected a number from 0 to 10000000000 (seconds)",
-          "401 digits"]),
+         ["request.terms.lease_s: got an integer of 401 digits; expected a number from 0 to "
+          "10000000000 (seconds)"]),
         (_with("sent_at", -(10**400)), ["request.sent_at", "401 digits"]),
         (_with("sent_at", None, "Infinity"), ["request.sent_at", "got Infinity"]),
         (_with("sent_at", None, "-Infinity"), ["request.sent_at", "got -Infinity"]),
@@ -115,12 +115,13 @@ def _with(path: str, value, raw_text: str | None = None) -> bytes:
         (_with("sent_at", "1"), ["request.sent_at", "got '1'"]),
         (_with("sent_at", True), ["request.sent_at", "got true"]),
         (_with("sent_at", [1]), ["request.sent_at", "got an array"]),
-        (_with("nodes", 10**400), ["request.nodes: expected an integer from 1 to 4096",
-                                   "401 digits"]),
+        (_with("nodes", 10**400), ["request.nodes: got an integer of 401 digits; expected an "
+                                   "integer from 1 to 4096"]),
         (_with("nodes", 1.5), ["request.nodes", "got 1.5"]),
         (_with("needs.cpus", 2**64), ["request.needs.cpus", "got 18446744073709551616"]),
         (_with("needs.cpus", 10**25), ["request.needs.cpus", "an integer of 26 digits"]),
-        (_with("needs", []), ["request.needs: expected an object, got an array"]),
+        (_with("needs", []), ["request.needs: got an array; expected an object with fields cpus, "
+                                    "disk_gb, memory_mb"]),
         (_with("terms.mode", 5), ["request.terms.mode", "got 5"]),
         (_with("terms.mode", {"a": 1}), ["request.terms.mode", "got an object"]),
         # numbers of more digits than Python reads (a ValueError inside json.loads)
@@ -139,16 +140,16 @@ def _with(path: str, value, raw_text: str | None = None) -> bytes:
         (json.dumps({**ALL[3].to_dict(), "sender": "a", "recipient": "b",
                      "reason": "\ud800"}).encode(), ["decline.reason", "lone UTF-16 surrogate"]),
         (json.dumps({**ALL[3].to_dict(), "reason": "r" * 501}).encode(),
-         ["decline.reason: expected a string of at most 500 characters, got 501 characters"]),
+         ["decline.reason: got 501 characters; expected a string of at most 500 characters"]),
         (b'{"type": "request", "id": "\xed\xa0\x80"}', ["not UTF-8"]),
         (b"\xef\xbb\xbf{}", ["malformed JSON"]),
         (b"", ["malformed JSON"]),
         (json.dumps(ALL[0].to_dict()).encode("utf-16"), ["not UTF-8"]),
         # arrays past their limit
         (json.dumps({**ALL[2].to_dict(), "hosts": ["h"] * 5000}).encode(),
-         ["accept.hosts: expected an array of 1 to 4096 items, got 5000 items"]),
+         ["accept.hosts: got 5000 items; expected an array of 1 to 4096 items"]),
         (json.dumps({**ALL[6].to_dict(), "contracts": [["a-c1"]]}).encode(),
-         ["heartbeat.contracts[0]: expected [contract_id, state]"]),
+         ["heartbeat.contracts[0]: got an array; expected [contract_id, state]"]),
     ],
 )
 def test_any_bad_value_is_named_with_what_is_expected(data, words):

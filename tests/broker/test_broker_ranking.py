@@ -85,7 +85,8 @@ class SilentScheduler:
 def test_a_broker_whose_scheduler_does_not_answer_waits_instead_of_exiting_stand_in_scheduler(tmp_path, caplog):
     import logging
 
-    from broker.service.broker import Broker, serve
+    from broker.service.broker import Broker
+    from broker.service.runtime import serve
     from broker.service.store import Store
     from test_broker_addresses import FakeExecutor
 

@@ -53,8 +53,8 @@ def test_full_policy_values():
         ({"reclamation": {"mode": "polite"}}, ["reclamation.mode", "'polite'", "immediate"]),
         ({"reclamation": {"per_interval": 0}}, ["reclamation.per_interval"]),
         # a lease must fit in a message's terms.lease_s, or peers refuse every offer
-        ({"reclamation": {"lease_s": float("nan")}}, ["reclamation.lease_s", "nan", "0 to 10000000000"]),
-        ({"reclamation": {"lease_s": float("inf")}}, ["reclamation.lease_s", "inf"]),
+        ({"reclamation": {"lease_s": float("nan")}}, ["reclamation.lease_s", "NaN", "0 to 10000000000"]),
+        ({"reclamation": {"lease_s": float("inf")}}, ["reclamation.lease_s", "Infinity"]),
         ({"reclamation": {"lease_s": 10**11}}, ["reclamation.lease_s", "0 to 10000000000"]),
         ({"borrowing": {"min_lease_s": -1}}, ["borrowing.min_lease_s", "-1"]),
         ({"timezone": "Mars/Olympus"}, ["timezone", "Mars/Olympus"]),
