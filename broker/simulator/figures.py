@@ -47,6 +47,12 @@ def _daily_mean_response(daily: dict[int, list[float]]) -> tuple[list[float], li
     return [d + 0.5 for d in days], [daily[d][1] / daily[d][0] / 3600.0 for d in days]
 
 
+def signed_borrowed(first: list[tuple], second: list[tuple]) -> list[float]:
+    """Fig. 4 as the paper draws it for two domains: VMs the first holds from the second
+    (positive) less those the second holds from the first (negative), per interval."""
+    return [a - b for a, b in zip(_column(first, 4), _column(second, 4))]
+
+
 def _runs(runs):
     sharing = next((r for r in runs if r.sharing), None)
     alone = next((r for r in runs if not r.sharing), None)
@@ -85,7 +91,7 @@ def make_figures(out: Path, runs: Sequence[RunOutput], capacities: dict[str, int
         if len(names) == 2:
             first, second = (sharing.series[n] for n in names)
             ax.plot([t / DAY for t in _column(first, 0)],
-                    [a - b for a, b in zip(_column(first, 4), _column(second, 4))], lw=0.8,
+                    signed_borrowed(first, second), lw=0.8,
                     color="C0")
             ax.axhline(0, color="k", lw=0.6)
             ax.set_ylabel(f"+ {names[0]} borrows from {names[1]}\n"

@@ -111,3 +111,12 @@ def test_trace_preset_runs(traces, tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert set(summary["runs"]["sharing"]["domains"]) == {"ctc1", "ctc2"}
+
+
+def test_paper_figure_names_the_completion_figure_and_fig4_is_one_signed_series(tmp_path):
+    out = tmp_path / "fig6"
+    proc = simulate("--preset", "demo", "--paper-figure", "6", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "fig6_completion.png").is_file()
+    assert not (out / "fig5_completion.png").exists()
+    assert (out / "fig4_borrowed.png").is_file()
