@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Trade benchmark: the demo's live trade between the two lab domains, N times, with figures.
+"""Trade benchmark: the demo's live trade between two lab domains, N times, with figures.
 
 Each round is `viocluster lab demo` without site.yml (the first round may run it): a burst on
 domain A, broker A borrows a machine of domain B (a UML VM booted as B's peer account joins A's
@@ -12,8 +12,10 @@ process:
   reclaim -> VM gone       B's reclaim until the VM's process is gone from B's host
   reclaim -> closed        B's reclaim until its contract is closed (reclaim.yml included)
 
-Run as root: python bench/bench_trade.py [--rounds 3] [--site]
-The lab is brought up when it is down (and site.yml is then run); it is left up.
+Run as root: python bench/bench_trade.py [--rounds 3] [--site] [--borrower a --lender b]
+The pair is any two domains of the lab, each on Slurm or OpenPBS (--borrower c --lender b: the
+PBS domain borrows from a Slurm domain; --borrower b --lender c: the reverse). The lab is
+brought up when it is down (and site.yml is then run); it is left up.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ sys.path.insert(0, str(REPO))
 from broker.errors import UserError  # noqa: E402
 from broker.lab import hosts as labhosts  # noqa: E402
 from broker.lab import topology  # noqa: E402
+from broker.lab.cli import build_wheels, up  # noqa: E402
 from broker.lab.demo import TARGETS, DemoSettings, demo  # noqa: E402
 
 KEYS = ("ask_to_agreed_s", "agreed_to_idle_s", "reclaim_to_requeued_s", "reclaim_to_vm_gone_s",
@@ -44,6 +47,8 @@ def main() -> int:
     p.add_argument("--site", action="store_true", help="run site.yml before the first round")
     p.add_argument("--job-seconds", type=int, default=8)
     p.add_argument("--out", type=Path, default=REPO / "out" / "bench-trade")
+    p.add_argument("--borrower", default="a", help="the domain that borrows (default a)")
+    p.add_argument("--lender", default="b", help="the domain that lends and reclaims (default b)")
     args = p.parse_args()
     if os.geteuid() != 0:
         print("bench_trade: run as root (the lab)", file=sys.stderr)
@@ -54,10 +59,14 @@ def main() -> int:
         for i in range(args.rounds):
             settings = DemoSettings(inventory=REPO / "inventories" / "lab", out=args.out / f"round{i + 1}",
                                     jobs_a=10, jobs_b=3, job_seconds=args.job_seconds,
-                                    run_site=(i == 0 and (args.site or not lab_was_up)))
-            result = demo(settings, log=lambda _line: None)
+                                    run_site=(i == 0 and (args.site or not lab_was_up)),
+                                    borrower=args.borrower, lender=args.lender)
+            result = demo(settings, log=lambda _line: None, up=up, build_wheels=build_wheels)
             load = os.getloadavg()[0]
             rounds.append({"load": load, **result["figures"]})
+            if i == 0:
+                print(f"{args.borrower} ({result['schedulers'][args.borrower]}) borrows from "
+                      f"{args.lender} ({result['schedulers'][args.lender]})", flush=True)
             print(f"round {i + 1}: load {load:4.1f}  " + "  ".join(
                 f"{k.removesuffix('_s')} {result['figures'][k]:.2f} s" if result["figures"][k] is not None
                 else f"{k.removesuffix('_s')} -" for k in KEYS), flush=True)

@@ -251,7 +251,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     demo(DemoSettings(inventory=args.inventory, out=args.out, jobs_a=args.jobs_a,
                       jobs_b=args.jobs_b, job_seconds=args.job_seconds,
-                      run_site=not args.skip_site), up=up, build_wheels=build_wheels)
+                      run_site=not args.skip_site, borrower=args.borrower, lender=args.lender),
+         up=up, build_wheels=build_wheels)
     return 0
 
 
@@ -283,6 +284,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p_demo.add_argument("--jobs-b", type=_positive, default=3, help="jobs in B's burst (default 3)")
     p_demo.add_argument("--job-seconds", type=_positive, default=15,
                         help="how long each job works (default 15)")
+    p_demo.add_argument("--borrower", default="a",
+                        help="the domain that bursts and borrows, A (default a; Slurm or PBS)")
+    p_demo.add_argument("--lender", default="b",
+                        help="the domain that lends and reclaims, B (default b; Slurm or PBS)")
     p_demo.add_argument("--skip-site", action="store_true",
                         help="do not run site.yml (the lab's hosts are configured already)")
     p_demo.set_defaults(func=_cmd_demo)

@@ -2,10 +2,14 @@
 
 Steps: the lab up (kept if it is up already), ``playbooks/site.yml`` (brokers included), a
 burst of jobs on domain A; broker A borrows a machine of B (a COW VM booted as B's peer
-account, on A's virtual network, in A's Slurm) and A's jobs run on it. Then a burst on B: B
+account, on A's virtual network, in A's scheduler) and A's jobs run on it. Then a burst on B: B
 reclaims, the VM is killed, A's job on it is requeued and finishes on A's own nodes. The demo
 watches through SSH (job states, the VM's process) and the brokers' contract logs, prints a
 timeline and a summary, checks the outcome, and leaves the lab up (``viocluster lab down``).
+
+A and B are the lab's domains ``a`` and ``b`` unless ``DemoSettings.borrower`` and ``lender``
+name others; each runs Slurm or OpenPBS (its head node has ``/opt/pbs``), and the demo speaks
+to each in its own commands (:class:`Slurm`, :class:`Pbs`).
 """
 
 from __future__ import annotations
@@ -54,6 +58,87 @@ class DemoSettings:
     job_seconds: int = 15
     phase_timeout_s: float = 180.0
     run_site: bool = True  # False: the lab's hosts are configured already (benchmark rounds)
+    borrower: str = "a"  # the lab domain that bursts first and borrows ("A")
+    lender: str = "b"  # the lab domain that lends and then reclaims ("B")
+
+
+class Slurm:
+    """The demo's commands for a Slurm domain."""
+
+    kind = "slurm"
+
+    @staticmethod
+    def submit(count: int, rundir: str, name: str, out_prefix: str, borrowed_ok: bool) -> str:
+        part = "phys,borrowed --open-mode=append" if borrowed_ok else "phys"
+        return " && ".join([f"sbatch --parsable -p {part} -J {name} "
+                            f"-o {rundir}/{out_prefix}-%j.out {rundir}/job.sh"] * count)
+
+    @staticmethod
+    def jobs() -> str:
+        return "squeue -h -o '%i %T %N'"
+
+    @staticmethod
+    def parse_jobs(out: str) -> dict[str, tuple[str, str]]:
+        """job -> (state, node) with RUNNING/COMPLETING for a running job."""
+        seen = {}
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) >= 2:
+                seen[parts[0]] = (parts[1], parts[2] if len(parts) > 2 else "")
+        return seen
+
+    cancel_all = "scancel --user=root || true"
+    borrowed_nodes = "sinfo -h -N -p borrowed -o %N"
+    queue_ids = "squeue -h -o %i"
+
+
+class Pbs:
+    """The demo's commands for an OpenPBS domain. Jobs run as root (the lab's server lists root
+    in acl_roots) and append to their output file on the shared /home themselves: a MoM in a
+    borrowed VM has no way to copy a job's output back to the server's host."""
+
+    kind = "pbs"
+    bin = "/opt/pbs/bin"
+
+    @classmethod
+    def submit(cls, count: int, rundir: str, name: str, out_prefix: str, borrowed_ok: bool) -> str:
+        # PBS keeps every job on own nodes or borrowed ones only (placement sets), whichever
+        # has room: Slurm's "phys,borrowed". A lender's burst (borrowed_ok False) asks the same:
+        # a domain that lends has no borrowed node (own nodes carry no value to ask for).
+        where = "select=1:ncpus=1"
+        job = shlex.quote(f'exec {rundir}/job.sh >> {rundir}/{out_prefix}-"$PBS_JOBID".out 2>&1')
+        one = (f"{cls.bin}/qsub -N {name} -o /dev/null -e /dev/null -l {where} -l place=excl "
+               f"-- /bin/sh -c {job}")
+        return "cd / && " + " && ".join([one] * count)
+
+    @classmethod
+    def jobs(cls) -> str:
+        return f"{cls.bin}/qstat -f -F json"
+
+    @staticmethod
+    def parse_jobs(out: str) -> dict[str, tuple[str, str]]:
+        try:
+            data = json.loads(out) if out.strip() else {}
+        except ValueError:
+            raise DemoError("qstat -f -F json printed no JSON") from None
+        seen = {}
+        for job, raw in data.get("Jobs", {}).items():
+            code = str(raw.get("job_state", ""))
+            if code in ("F", "M", "X"):
+                continue
+            node = str(raw.get("exec_host", "")).split("/")[0] if code in ("R", "E") else ""
+            seen[job] = ("RUNNING" if code in ("R", "E") else "PENDING", node)
+        return seen
+
+    cancel_all = f"ids=$({bin}/qselect); [ -z \"$ids\" ] || {bin}/qdel -W force $ids || true"
+    borrowed_nodes = f"{bin}/pbsnodes -av | grep -B30 'resources_available.borrowed = True' | grep -v '^ ' | grep . || true"
+    queue_ids = f"{bin}/qselect"
+
+
+def scheduler_of(shell: "Shell", head: str) -> type[Slurm] | type[Pbs]:
+    """The domain's scheduler, from what its head node runs."""
+    found = shell.run(head, f"test -x {Pbs.bin}/qstat && echo pbs || echo slurm", timeout=20)
+    return Pbs if found.strip() == "pbs" else Slurm
 
 
 class Shell:
@@ -128,8 +213,10 @@ class Watcher:
 class Queue:
     """Domain A's jobs as squeue shows them, and what became of each job."""
 
-    def __init__(self, shell: Shell, head: str, watcher: Watcher, vm_prefix: str) -> None:
+    def __init__(self, shell: Shell, head: str, watcher: Watcher, vm_prefix: str,
+                 sched: type[Slurm] | type[Pbs] = Slurm) -> None:
         self.shell, self.head, self.watcher, self.vm_prefix = shell, head, watcher, vm_prefix
+        self.sched = sched
         self.lock = threading.Lock()
         self.where: dict[str, str] = {}  # job -> node it runs on now ("" when pending)
         self.ran_on_vm_done: set[str] = set()
@@ -137,13 +224,9 @@ class Queue:
         self.jobs: set[str] = set()
 
     def poll(self) -> None:
-        out = self.shell.run(self.head, "squeue -h -o '%i %T %N'", timeout=20)
+        out = self.shell.run(self.head, self.sched.jobs(), timeout=20)
         now = time.time()
-        seen: dict[str, tuple[str, str]] = {}
-        for line in out.splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[0] in self.jobs:
-                seen[parts[0]] = (parts[1], parts[2] if len(parts) > 2 else "")
+        seen = {j: v for j, v in self.sched.parse_jobs(out).items() if j in self.jobs}
         with self.lock:
             for job in self.jobs:
                 before = self.where.get(job)
@@ -227,16 +310,18 @@ def run_site(inventory: Path, out: Path, log: Callable[[str], None],
     return run.seconds, run.changed
 
 
-def reset(shell: Shell, heads: dict[str, str], timeout: float) -> None:
+def reset(shell: Shell, heads: dict[str, str], timeout: float,
+          scheds: dict[str, type[Slurm] | type[Pbs]] | None = None) -> None:
     """No job queued in any domain, no open contract, no borrowed node: a clean start."""
-    for head in heads.values():
-        shell.run(head, "scancel --user=root || true")
+    scheds = scheds or {}
+    for domain, head in heads.items():
+        shell.run(head, scheds.get(domain, Slurm).cancel_all)
 
     def quiet() -> bool:
-        for head in heads.values():
+        for domain, head in heads.items():
             if _contracts(shell, head, all_=False):
                 return False
-            if shell.run(head, "sinfo -h -N -p borrowed -o %N", check=False).strip():
+            if shell.run(head, scheds.get(domain, Slurm).borrowed_nodes, check=False).strip():
                 return False
         return True
 
@@ -278,13 +363,20 @@ def demo(settings: DemoSettings, log: Callable[[str], None] = print,
                                         lambda s: _log_step(log, origin, s),
                                         tty=sys.stdout if live else None)
 
-    heads = {"a": "a-head", "b": "b-head"}
-    own_nodes = {h.name for h in plan.hosts if h.name.startswith("a-node")}
+    a, b = settings.borrower, settings.lender
+    heads = {a: f"{a}-head", b: f"{b}-head"}
+    missing = [h for h in heads.values() if h not in {x.name for x in plan.hosts}]
+    if missing:
+        raise DemoError(f"the lab has no {', '.join(missing)}: bring up a lab whose inventory has "
+                        f"domains {a} and {b}")
+    own_nodes = {h.name for h in plan.hosts if h.name.startswith(f"{a}-node")}
     shell = Shell(plan)
     watcher = Watcher()
     try:
+        scheds = {d: scheduler_of(shell, head) for d, head in heads.items()}
+        _log_step(log, origin, f"A is domain {a} ({scheds[a].kind}), B is domain {b} ({scheds[b].kind})")
         _log_step(log, origin, "making sure no job, contract or borrowed node is left from before")
-        reset(shell, heads, settings.phase_timeout_s)
+        reset(shell, heads, settings.phase_timeout_s, scheds)
         run = time.strftime("%Y%m%d-%H%M%S")
         rundir = f"/home/viocluster-demo/{run}"
         for head in heads.values():
@@ -292,28 +384,27 @@ def demo(settings: DemoSettings, log: Callable[[str], None] = print,
             shell.run(head, f"mkdir -p {rundir} && printf '%s' {script} > {rundir}/job.sh "
                             f"&& chmod 755 {rundir}/job.sh")
 
-        queue = Queue(shell, heads["a"], watcher, vm_prefix="a-v")
+        queue = Queue(shell, heads[a], watcher, vm_prefix=f"{a}-v", sched=scheds[a])
         burst_a = time.time()
-        ids = shell.run(heads["a"], " && ".join(
-            [f"sbatch --parsable -p phys,borrowed --open-mode=append -J demo-a "
-             f"-o {rundir}/a-%j.out {rundir}/job.sh"] * settings.jobs_a)).split()
+        ids = shell.run(heads[a], scheds[a].submit(settings.jobs_a, rundir, f"demo-{a}", a,
+                                                   borrowed_ok=True)).split()
         queue.jobs.update(ids)
         _log_step(log, origin, f"burst on A: {len(ids)} jobs of {settings.job_seconds} s on 2 nodes "
-                               f"(jobs {ids[0]}..{ids[-1]}, output in a-head:{rundir})")
+                               f"(jobs {ids[0]}..{ids[-1]}, output in {heads[a]}:{rundir})")
         watcher.every(0.25, queue.poll)
 
         def on_vm() -> list[str]:
-            return [j for j, n in queue.snapshot().items() if n.startswith("a-v")]
+            return [j for j, n in queue.snapshot().items() if n.startswith(f"{a}-v")]
 
         _wait("a job of A running on a borrowed VM", lambda: bool(on_vm()), settings.phase_timeout_s)
         first = on_vm()
         _log_step(log, origin, f"A's job {first[0]} runs on the borrowed VM {queue.snapshot()[first[0]]}")
-        a_now = [c for c in _contracts(shell, heads["a"]) if c["state"] == "active" and c["role"] == "borrower"]
+        a_now = [c for c in _contracts(shell, heads[a]) if c["state"] == "active" and c["role"] == "borrower"]
         if not a_now:
             raise DemoError("a job runs on a borrowed node but broker A has no active contract")
         contract = a_now[-1]
         vm, host = contract["nodes"][0], contract["hosts"][0]
-        account = "vcpeera"  # the lending hosts' account of domain A (playbooks/site.yml)
+        account = f"vcpeer{a}"  # the lending hosts' account of domain A (playbooks/site.yml)
 
         def vm_done_and_next() -> bool:
             remaining = [j for j, n in queue.snapshot().items() if n != "done"]
@@ -336,8 +427,8 @@ def demo(settings: DemoSettings, log: Callable[[str], None] = print,
 
         watcher.every(0.1, vm_probe)
         burst_b = time.time()
-        ids_b = shell.run(heads["b"], " && ".join(
-            [f"sbatch --parsable -p phys -J demo-b -o {rundir}/b-%j.out {rundir}/job.sh"] * settings.jobs_b)).split()
+        ids_b = shell.run(heads[b], scheds[b].submit(settings.jobs_b, rundir, f"demo-{b}", b,
+                                                     borrowed_ok=False)).split()
         _log_step(log, origin, f"burst on B: {len(ids_b)} jobs; B needs its lent machine back")
         _wait(f"the VM {vm} to be killed on {host}", gone.is_set, settings.phase_timeout_s, 0.1)
         _log_step(log, origin, f"B reclaimed {host}: the VM {vm} is gone"
@@ -347,17 +438,17 @@ def demo(settings: DemoSettings, log: Callable[[str], None] = print,
               lambda: all(n == "done" for n in queue.snapshot().values()) and len(queue.snapshot()) == len(ids),
               settings.phase_timeout_s * 2, 1.0)
         _log_step(log, origin, "every job of A's burst has finished")
-        _wait("B's jobs to finish", lambda: not shell.run(heads["b"], "squeue -h -o %i").strip(),
+        _wait("B's jobs to finish", lambda: not shell.run(heads[b], scheds[b].queue_ids).strip(),
               settings.phase_timeout_s, 1.0)
         watcher.close()
 
         jobs: list[JobRun] = []
         for job in ids:
-            text = shell.run(heads["a"], f"cat {rundir}/a-{job}.out", check=False)
+            text = shell.run(heads[a], f"cat {rundir}/{a}-{job}.out", check=False)
             jobs.append(parse_job_output(job, text))
         report = build_report(burst_a=burst_a, burst_b=burst_b,
-                              a_contracts=_contracts(shell, heads["a"]),
-                              b_contracts=_contracts(shell, heads["b"]),
+                              a_contracts=_contracts(shell, heads[a]),
+                              b_contracts=_contracts(shell, heads[b]),
                               observations=watcher.events, jobs=jobs, own_nodes=own_nodes,
                               taken_off=queue.snapshot_requeued())
     finally:
@@ -371,7 +462,8 @@ def demo(settings: DemoSettings, log: Callable[[str], None] = print,
     log("")
     log(f"Summary:\n{summary}")
     result = {
-        "site_yml_s": site_s, "site_changed": site_changed, "run": run, "output_dir": f"a-head:{rundir}",
+        "site_yml_s": site_s, "site_changed": site_changed, "run": run, "output_dir": f"{heads[a]}:{rundir}",
+        "borrower": a, "lender": b, "schedulers": {d: s.kind for d, s in scheds.items()},
         "figures": report.figures, "targets": TARGETS,
         "jobs_on_borrowed": [j.job_id for j in report.jobs_on_borrowed],
         "requeued": {j.job_id: j.finished_on for j in report.requeued},

@@ -190,6 +190,33 @@ def test_demo_trades_a_machine(site, tmp_path) -> None:
             print(f"demo {attempt}: {key:24} {secs if secs is None else round(secs, 2)}")
 
 
+# A mixed federation: domain c runs OpenPBS beside the Slurm domains; c and b trade both ways.
+@pytest.mark.parametrize("borrower, lender", [("c", "b"), ("b", "c")],
+                         ids=["pbs-borrows-from-slurm", "slurm-borrows-from-pbs"])
+def test_pbs_and_slurm_domains_trade_both_ways(site, tmp_path, borrower: str, lender: str) -> None:
+    """The demo's trade between the PBS domain c and the Slurm domain b, each way: the
+    borrower's job runs on the VM booted on the lender's host (a pbs-node VM whose MoM joins c's
+    PBS server, or a node VM whose slurmd joins b's Slurm), and the lender's reclaim requeues the
+    job on it, which then finishes on the borrower's own nodes."""
+    from broker.lab.demo import DemoSettings, demo
+
+    plan = site["plan"]
+    if not {"c-head", "b-head"} <= {h.name for h in plan.hosts}:
+        pytest.skip("the lab's inventory has no PBS domain c beside b")
+    started = time.monotonic()
+    result = demo(DemoSettings(inventory=INVENTORY, out=tmp_path / "demo", run_site=False,
+                               borrower=borrower, lender=lender),
+                  up=labcli.up, build_wheels=labcli.build_wheels)
+    site["times"][f"demo {borrower} borrows from {lender}"] = time.monotonic() - started
+    assert result["schedulers"] == {"b": "slurm", "c": "pbs"}
+    assert result["problems"] == []
+    assert result["jobs_on_borrowed"], result
+    assert result["requeued"] and set(result["requeued"].values()) <= {
+        f"{borrower}-node1", f"{borrower}-node2"}
+    for key, secs in result["figures"].items():
+        print(f"demo {borrower} from {lender}: {key:24} {secs if secs is None else round(secs, 2)}")
+
+
 def test_brokers_run_unprivileged_and_no_host_logs_in_to_another_as_root(site) -> None:
     """After the demo's trade: each broker runs as Slurm's account, not root, and checks every
     host's SSH key against the keys site.yml pinned; no broker key opens root on any host; and
