@@ -526,8 +526,7 @@ def write_figure(out: Path, rows: list[dict], title: str) -> Path:
         mean.setdefault((r["policy"], r["scenario"], r["domain"]), []).append(
             r["response_change_pct"])
     width = 0.8 / max(1, len(policies))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(groups) * max(1, len(policies)) ** 0.5
-                                        + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, 0.5 * len(groups) + 2)), 4.2))
     for k, pol in enumerate(policies):
         ys = [sum(v) / len(v) for v in (mean.get((pol, s, d), [math.nan]) for s, d in groups)]
         ax.bar([i + (k - (len(policies) - 1) / 2) * width for i in range(len(groups))], ys,
@@ -600,7 +599,8 @@ def main(args) -> int:
     grid = load_grid(args.grid)
     out: Path = args.out.resolve()
     cells = grid.cells()
-    title = args.grid.stem
+    # the grid's name; for the copy kept in the output folder, the folder's
+    title = out.name if args.grid.resolve() == out / "grid.yml" else args.grid.stem
     if args.cell is not None:
         if not 0 <= args.cell < len(cells):
             raise SweepError(f"--cell {args.cell}: the grid has cells 0 to {len(cells) - 1}")
