@@ -22,13 +22,22 @@ Effects
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field, replace
 
-from broker.policy import Action, DomainPolicy, DomainState, HostProperties, Intent, Loan
+from broker.policy import Action, DomainPolicy, DomainState, HostProperties, Intent, Loan, Mode
 from broker.policy import Terms as PolicyTerms
 
 # ------------------------------------------------------------------------------ observations
+
+#: Loans (or holdings) as a list, or as a function that lists them: the core calls it only when
+#: a decision needs them (the simulator's rounds mostly do not).
+Listed = Sequence | Callable[[], Sequence]
+
+
+def _listed(items: Listed) -> Sequence:
+    return items() if callable(items) else items
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +52,16 @@ class Holding:
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """One offered host: the offer it came in (``offer``), what it provides, the lender's
-    terms, and its rank (lower is better: live, the RTT; simulated, the lender's order)."""
+    """One offered host (or ``count`` alike): the offer it came in (``offer``), what it
+    provides, the lender's terms, and its rank (lower is better: live, the RTT; simulated, the
+    lender's order)."""
 
     offer: Hashable
     host: HostProperties
     terms: PolicyTerms
     rank: tuple = ()
     ref: object = field(default=None, compare=False)  # the caller's own record of the host
+    count: int = 1
 
 
 # ------------------------------------------------------------------------------ effects
@@ -118,12 +129,15 @@ DRAINED = "drained: no job runs on it any more"
 SUFFICE = "idle, and our own nodes suffice"
 
 
-def endings(policy: DomainPolicy, lent: Sequence[Loan], draining: Sequence[Loan],
+def endings(policy: DomainPolicy, lent: Listed, draining: Listed,
             now: float) -> tuple[TakeBack, ...]:
     """Loans that end whatever the demand: leases that ran out, and draining loans that no
     longer run a job."""
-    out = [TakeBack(i, LEASE_ENDED) for i in policy.reclamation.expired(lent, now)]
-    out.extend(TakeBack(l.id, DRAINED) for l in draining if l.busy_since is None)
+    out: list[TakeBack] = []
+    if policy.reclamation.mode is Mode.LEASE:
+        out.extend(TakeBack(i, LEASE_ENDED)
+                   for i in policy.reclamation.expired(_listed(lent), now))
+    out.extend(TakeBack(l.id, DRAINED) for l in _listed(draining) if l.busy_since is None)
     return tuple(out)
 
 
@@ -132,8 +146,8 @@ def decide(
     state: DomainState,
     now: float,
     *,
-    lent: Sequence[Loan] = (),
-    held: Sequence[Holding] = (),
+    lent: Listed = (),
+    held: Listed = (),
     asking: bool = False,
 ) -> Round:
     """The intent of the interval and what it takes: reclaim (loans taken back or drained,
@@ -141,7 +155,7 @@ def decide(
     effects: list[Effect] = []
     intent = policy.intent(state, now)
     if intent.action is Action.RECLAIM:
-        plan = policy.reclamation.plan(lent, intent.nodes, now)
+        plan = policy.reclamation.plan(_listed(lent), intent.nodes, now)
         why = f"own demand needs {intent.nodes} node(s)"
         effects.extend(TakeBack(i, why) for i in plan.now)
         effects.extend(Drain(i, why) for i in plan.drain)
@@ -149,7 +163,7 @@ def decide(
         effects.append(Ask(intent.nodes))
     elif intent.action is Action.RETURN:
         left = intent.nodes
-        for h in held:
+        for h in _listed(held):
             if left <= 0:
                 break
             if h.idle and h.nodes <= left:
@@ -179,6 +193,7 @@ def interval(
 
     The order of the effects is the order to carry them out.
     """
+    lent, draining = _listed(lent), _listed(draining)
     ended = endings(policy, lent, draining, now)
     gone = {e.loan for e in ended}
     r = decide(policy, state, now, lent=[l for l in lent if l.id not in gone], held=held,
@@ -239,12 +254,17 @@ def screen(
 
 def choose(fitting: Sequence[Candidate], wanted: int,
            offers: Sequence[Hashable] = ()) -> Choice:
-    """Take the ``wanted`` best-ranked fitting hosts (ties: the order given); every offer in
-    ``offers`` that gets none is refused, saying why."""
-    ranked = sorted(fitting, key=lambda c: c.rank)[:max(wanted, 0)]
+    """Take the ``wanted`` best-ranked fitting hosts (ties: the order given; of a group of
+    ``count`` alike, as many as still wanted); every offer in ``offers`` that gets none is
+    refused, saying why."""
     taken: dict[Hashable, list[Candidate]] = {}
-    for c in ranked:
-        taken.setdefault(c.offer, []).append(c)
+    left = wanted
+    for c in sorted(fitting, key=lambda c: c.rank):
+        if left <= 0:
+            break
+        n = min(c.count, left)
+        taken.setdefault(c.offer, []).append(c if n == c.count else replace(c, count=n))
+        left -= n
     fits = {c.offer for c in fitting}
     refused = {o: ("other offers fit better" if o in fits
                    else "no offered host fits the borrowing policy")

@@ -544,7 +544,8 @@ class Simulation:
     def broker_round(self, now: float) -> None:
         """Each domain's broker interval: the trade core decides (:mod:`broker.negotiation.trade`),
         the simulator carries the effects out at simulated time (the VMs' boot and halt
-        delays). Times given to the core are absolute (``epoch + now``).
+        delays). Times given to the core are absolute (``epoch + now``); loans and idle VMs are
+        listed only when the core asks for them.
 
         Seeing every domain at once, the simulator runs the core's steps phase by phase for
         all domains: loans that end (leases, drained loans), then every domain's intent from
@@ -554,31 +555,34 @@ class Simulation:
             return
         abs_now = self.cfg.epoch + now
         domains = self.domains
+        loan = self._loan
         for d in domains:
             if not d.lent:
                 continue
-            loans = self.loans_of(d)
-            vms = {vm.id: vm for vm in loans}
-            ended = trade.endings(d.policy, [self._loan(vm) for vm in loans],
-                                  [self._loan(vm) for vm in loans if vm.state == DRAINING],
-                                  abs_now)
-            for e in ended:
-                self.halt(vms[e.loan], now)
+            ended = trade.endings(
+                d.policy, lambda: [loan(vm) for vm in self.loans_of(d)],
+                lambda: [loan(vm) for vm in self.loans_of(d) if vm.state == DRAINING], abs_now)
+            if ended:
+                vms = {vm.id: vm for vm in self.loans_of(d)}
+                for e in ended:
+                    self.halt(vms[e.loan], now)
         states = [d.state() for d in domains]
         rounds = []
         for d, state in zip(domains, states):
-            loans = [vm for vm in self.loans_of(d) if vm.state != DRAINING] if d.lent else []
-            vms = {vm.id: vm for vm in loans}
-            idle = {vm.id: vm for vm in d.idle_vms}
-            r = trade.decide(d.policy, state, abs_now, lent=[self._loan(vm) for vm in loans],
-                             held=[trade.Holding(vm.id) for vm in reversed(d.idle_vms)])
-            for e in r.effects:
-                if isinstance(e, trade.TakeBack):
-                    self.halt(vms[e.loan], now)
-                elif isinstance(e, trade.Drain):
-                    self.drain(vms[e.loan], now)
-                elif isinstance(e, trade.GiveBack):
-                    self.halt(idle[e.holding], now)
+            r = trade.decide(
+                d.policy, state, abs_now,
+                lent=lambda: [loan(vm) for vm in self.loans_of(d) if vm.state != DRAINING],
+                held=lambda: [trade.Holding(vm.id) for vm in reversed(d.idle_vms)])
+            if r.effects:
+                vms = {vm.id: vm for vm in self.loans_of(d)} if d.lent else {}
+                idle = {vm.id: vm for vm in d.idle_vms}
+                for e in r.effects:
+                    if isinstance(e, trade.TakeBack):
+                        self.halt(vms[e.loan], now)
+                    elif isinstance(e, trade.Drain):
+                        self.drain(vms[e.loan], now)
+                    elif isinstance(e, trade.GiveBack):
+                        self.halt(idle[e.holding], now)
             rounds.append((d, r))
         # Requests: each asking domain (the most wanting first) asks the domains whose
         # interval found nodes to lend; every lender answers from its state at that moment.
@@ -594,12 +598,13 @@ class Simulation:
                 pol = lender.policy
                 got = trade.answer(pol, lender.state(), b.name, wanted, abs_now,
                                    available=lender.free)
-                candidates.extend(trade.Candidate(lender.index, lender.host,
-                                                  pol.reclamation.terms, (rank, k))
-                                  for k in range(got.count))
+                if got.ok:  # a lender's hosts are alike: one candidate for all it offers
+                    candidates.append(trade.Candidate(lender.index, lender.host,
+                                                      pol.reclamation.terms, (rank,),
+                                                      count=got.count))
             fitting, _turned = trade.screen(b.policy, candidates, b.active_vms, abs_now)
             for index, hosts in trade.choose(fitting, wanted).taken.items():
-                self.lend(domains[index], b, len(hosts), now)
+                self.lend(domains[index], b, sum(c.count for c in hosts), now)
 
     def _loan(self, vm: VM) -> Loan:
         """A simulated VM as the trade core sees a loan (absolute times); made once and kept
