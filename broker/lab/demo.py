@@ -106,10 +106,13 @@ class Pbs:
         # has room: Slurm's "phys,borrowed". A lender's burst (borrowed_ok False) asks the same:
         # a domain that lends has no borrowed node (own nodes carry no value to ask for).
         where = "select=1:ncpus=1"
-        job = shlex.quote(f'exec {rundir}/job.sh >> {rundir}/{out_prefix}-"$PBS_JOBID".out 2>&1')
+        # a script file, not "-- /bin/sh -c ...": the submit arguments reappear in qstat's JSON
+        wrapper = f"{rundir}/{out_prefix}-pbs.sh"
+        text = shlex.quote(f"#!/bin/sh\nexec {rundir}/job.sh >> {rundir}/{out_prefix}-$PBS_JOBID.out 2>&1\n")
         one = (f"{cls.bin}/qsub -N {name} -o /dev/null -e /dev/null -l {where} -l place=excl "
-               f"-- /bin/sh -c {job}")
-        return "cd / && " + " && ".join([one] * count)
+               f"{wrapper}")
+        return (f"cd / && printf {text} > {wrapper} && chmod 755 {wrapper} && "
+                + " && ".join([one] * count))
 
     @classmethod
     def jobs(cls) -> str:
