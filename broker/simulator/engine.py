@@ -308,15 +308,19 @@ class Simulation:
         lender.free -= count
         lender.lent += count
         lender.valid = False
+        loans = lender.loans.setdefault(borrower.index, {})
+        booting = []
         for _ in range(count):
             self.vm_seq += 1
             vm = VM(self.vm_seq, lender.index, borrower.index, now)
             borrower.vms[vm.id] = vm
-            lender.loans.setdefault(borrower.index, {})[vm.id] = vm
-            borrower.active_vms += 1
+            loans[vm.id] = vm
+            booting.append(vm)
             if self.log is not None:
                 self.log.append((now, LOG_LEND, lender.index, vm.id, borrower.index, ()))
-            self.push(now + self.cfg.boot_delay, VM_UP, borrower.index, vm)
+        borrower.active_vms += count
+        # one event for the VMs lent together: they come up together, in the order lent
+        self.push(now + self.cfg.boot_delay, VM_UP, borrower.index, booting)
 
     def halt(self, vm: VM, now: float) -> None:
         """Stop a borrowed VM (preempting its job first); the node returns after halt_delay."""
@@ -678,8 +682,10 @@ class Simulation:
                 if kind == END:
                     if d.attempt[a] == b and d.start[a] >= 0:
                         finish(d, a, t)
-                elif kind == VM_UP:
-                    self.vm_up(a)
+                elif kind == VM_UP:  # a: the VMs of one loan, up together
+                    for vm in a:
+                        self.vm_up(vm)
+                    events += len(a) - 1
                 else:
                     self.vm_down(a, t)
             # submissions at t
