@@ -204,6 +204,12 @@ def interval(
 # ------------------------------------------------------------------------------ negotiation
 
 
+def rest_after_decline(interval_s: float) -> float:
+    """How long a borrower leaves a peer that declined before asking it again: three
+    intervals, at least 5 s (no request storm while the peer's own policy says no)."""
+    return max(3 * interval_s, 5.0)
+
+
 def refusal(policy: DomainPolicy, peer: str) -> str:
     """Why ``peer`` may not borrow from this domain at all ("" when it may): answered before
     the domain is even looked at."""

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -51,48 +48,15 @@ from broker.scheduler import SchedulerAdapter, SchedulerError, Snapshot
 from broker.service import reconcile as rec
 from broker.service.certwatch import CertWatch
 from broker.service.client import PeerClient, Reply
-from broker.service.config import BrokerConfig, LendingHost
+from broker.service.config import BrokerConfig
 from broker.service.metrics import Metrics
-from broker.service.probes import CommandProbe, ProbeError
+from broker.service.probes import CommandProbe, ProbeError, measure_host, ping_ms
 from broker.service.store import StaleContract, Store
 
 COMPACT_EVERY_S = 3600.0  # how often closed contracts past their retention are removed
 
 log = logging.getLogger("broker")
 S = ContractState
-_RTT = re.compile(r"time=([0-9.]+) ms")
-
-
-def ping_ms(address: str) -> float | None:
-    """One ICMP round trip to ``address`` in ms (the path switch daemons' datagrams take), or None."""
-    try:
-        ping = subprocess.run(["ping", "-n", "-c", "1", "-W", "1", address],
-                              capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    found = _RTT.search(ping.stdout)
-    return float(found.group(1)) if found else None
-
-
-def measure_host(host: LendingHost, cpus: int, memory_mb: int, site: str,
-                 borrower: str = "") -> HostOffer:
-    """The host as it is now: CPUs and free memory (from the scheduler), free disk where the
-    COWs go (statvfs here, or ``df`` through ``measure_prefix``), and the RTT to it (ping)."""
-    disk_gb = 0
-    try:
-        if host.measure_prefix:
-            out = subprocess.run(
-                [*host.measure_prefix, "df", "-Pk", host.disk_path],
-                capture_output=True, text=True, timeout=10, check=True,
-            ).stdout.splitlines()
-            disk_gb = int(out[-1].split()[3]) // (1024 * 1024)
-        else:
-            disk_gb = shutil.disk_usage(host.disk_path).free // (1 << 30)
-    except (OSError, subprocess.SubprocessError, IndexError, ValueError) as exc:
-        log.warning("cannot measure free disk of %s at %s: %s", host.node, host.disk_path, exc)
-    rtt = ping_ms(host.address)
-    account = host.account.replace("{borrower}", borrower)
-    return HostOffer(host.node, host.address, account, max(cpus, 1), memory_mb, disk_gb, site, rtt)
 
 
 def _policy_terms(terms: Terms) -> PolicyTerms:
@@ -463,7 +427,7 @@ class Broker:
             if not isinstance(offer, Offer) or offer.contract_id != c.id:
                 why = offer.reason if isinstance(offer, Decline) else (reply.error or "no offer")
                 self._drop_proposal(c, f"{name} did not offer: {why}")
-                self.quiet_until[name] = now + max(3 * self.config.interval_s, 5.0)
+                self.quiet_until[name] = now + trade.rest_after_decline(self.config.interval_s)
                 continue
             offers[c.id] = offer
             candidates.extend(

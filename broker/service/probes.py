@@ -14,11 +14,13 @@ those are ever put into a ``remove`` command, whose arguments may reach a remote
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 import subprocess
 
 from broker.errors import UserError
-from broker.negotiation.messages import NAME_RE
-from broker.service.config import ProbeConfig
+from broker.negotiation.messages import NAME_RE, HostOffer
+from broker.service.config import LendingHost, ProbeConfig
 
 log = logging.getLogger("broker.reconcile")
 
@@ -71,3 +73,41 @@ class CommandProbe:
         argv = [arg.replace("{name}", name) for arg in self.config.remove]
         log.info("%s probe: removing %s", self.label, name)
         self._run(argv)
+
+
+# ---------------------------------------------------------------------------- measurements
+
+_RTT = re.compile(r"time=([0-9.]+) ms")
+
+
+def ping_ms(address: str) -> float | None:
+    """One ICMP round trip to ``address`` in ms (the path switch daemons' datagrams take), or None."""
+    try:
+        ping = subprocess.run(["ping", "-n", "-c", "1", "-W", "1", address],
+                              capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = _RTT.search(ping.stdout)
+    return float(found.group(1)) if found else None
+
+
+def measure_host(host: LendingHost, cpus: int, memory_mb: int, site: str,
+                 borrower: str = "") -> HostOffer:
+    """The host as it is now: CPUs and free memory (from the scheduler), free disk where the
+    COWs go (statvfs here, or ``df`` through ``measure_prefix``), and the RTT to it (ping)."""
+    disk_gb = 0
+    try:
+        if host.measure_prefix:
+            out = subprocess.run(
+                [*host.measure_prefix, "df", "-Pk", host.disk_path],
+                capture_output=True, text=True, timeout=10, check=True,
+            ).stdout.splitlines()
+            disk_gb = int(out[-1].split()[3]) // (1024 * 1024)
+        else:
+            disk_gb = shutil.disk_usage(host.disk_path).free // (1 << 30)
+    except (OSError, subprocess.SubprocessError, IndexError, ValueError) as exc:
+        logging.getLogger("broker").warning("cannot measure free disk of %s at %s: %s",
+                                            host.node, host.disk_path, exc)
+    rtt = ping_ms(host.address)
+    account = host.account.replace("{borrower}", borrower)
+    return HostOffer(host.node, host.address, account, max(cpus, 1), memory_mb, disk_gb, site, rtt)

@@ -139,3 +139,15 @@ def test_choose_takes_the_best_ranked_and_says_why_the_rest_are_refused():
     assert choice.refused == {"z": "no offered host fits the borrowing policy"}
     choice = trade.choose([far, near], wanted=1, offers=["x", "y"])
     assert choice.refused == {"y": "other offers fit better"}
+
+
+def test_a_candidate_may_stand_for_several_alike_hosts():
+    three, two = (Candidate("x", HostProperties(), Terms(), (0,), count=3),
+                  Candidate("y", HostProperties(), Terms(), (1,), count=2))
+    choice = trade.choose([two, three], wanted=4)
+    assert choice.taken == {"x": (three,), "y": (Candidate("y", HostProperties(), Terms(), (1,),
+                                                           count=1),)}
+
+
+def test_a_peer_that_declined_rests_three_intervals_at_least_five_seconds():
+    assert trade.rest_after_decline(10) == 30 and trade.rest_after_decline(0.5) == 5.0
