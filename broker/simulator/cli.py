@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import re
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from broker.errors import UserError
@@ -112,6 +115,36 @@ def _bounded(name: str, value: float, low: float, high: float | None = None) -> 
         raise UsageError(f"--{name} {value:g}: must be {span}")
 
 
+def _in_child(work: Callable[[], object]) -> Callable[[], object]:
+    """Start ``work`` in a forked child process; the returned function waits for its result
+    (and raises what it raised). Without fork, ``work`` runs when the result is asked for."""
+    if "fork" not in mp.get_all_start_methods():
+        return work
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+
+    def run() -> None:
+        try:
+            child.send(("ok", work()))
+        except BaseException as exc:  # pragma: no cover - reported by the parent
+            child.send(("error", repr(exc)))
+        finally:
+            child.close()
+
+    proc = ctx.Process(target=run)
+    proc.start()
+    child.close()
+
+    def result() -> object:
+        status, payload = parent.recv()
+        proc.join()
+        if status != "ok":
+            raise RuntimeError(f"drawing the figures failed: {payload}")
+        return payload
+
+    return result
+
+
 def _import_figures() -> None:
     """matplotlib's import (about 0.4 s of CPU), done while the other run finishes."""
     import broker.simulator.figures  # noqa: F401
@@ -188,14 +221,16 @@ def main(args: argparse.Namespace) -> int:
         }
         if run.invariants is not None:
             summary["runs"][run.label]["invariants"] = run.invariants.as_dict()
+    draw = partial(make_figures, out, runs, {w.name: w.capacity for w in workloads}, title,
+                   args.paper_figure or completion_figure)
+    drawing = _in_child(draw) if not args.serial else None  # figures while the files are written
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_series_csv(out / "series.csv", runs)
     with (out / "jobs.csv").open("w") as fh:
         fh.write(",".join(("run", "domain", *JOB_FIELDS)) + "\n")
         for run in runs:
             fh.write(run.jobs_csv)
-    figures = make_figures(out, runs, {w.name: w.capacity for w in workloads}, title,
-                           args.paper_figure or completion_figure)
+    figures = drawing() if drawing is not None else draw()
     for w in workloads:
         left = _left_out_text(w)
         if left:
