@@ -18,6 +18,8 @@ Effects
 ``Drain(loan, reason)``       a lent machine returns when its job ends; nothing is preempted
                               (lender; it comes back as a ``TakeBack`` once the loan is idle).
 ``GiveBack(holding, reason)`` return a borrowed machine (or a contract's machines) (borrower).
+
+A peer's word on a contract (its state, in a heartbeat) is followed with :func:`follow`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 
+from broker.negotiation.contracts import ContractState, Role
 from broker.policy import Action, DomainPolicy, DomainState, HostProperties, Intent, Loan, Mode
 from broker.policy import Terms as PolicyTerms
 
@@ -276,3 +279,33 @@ def choose(fitting: Sequence[Candidate], wanted: int,
                    else "no offered host fits the borrowing policy")
                for o in offers if o not in taken}
     return Choice({k: tuple(v) for k, v in taken.items()}, refused)
+
+
+# ------------------------------------------------------------------------------ the peer's word
+
+S = ContractState
+
+
+@dataclass(frozen=True, slots=True)
+class Follow:
+    """Our side's answer to the peer's state of a contract: states to advance through, each
+    with its reason, or end our side (``end`` says why; the peer need not be told)."""
+
+    steps: tuple[tuple[ContractState, str], ...] = ()
+    end: str = ""
+
+
+def follow(role: Role, ours: ContractState, theirs: str) -> Follow:
+    """The lender mirrors the borrower's provisioning progress; either side ends what the
+    other has already closed or failed."""
+    if role is Role.LENDER:
+        if theirs == "provisioning" and ours is S.AGREED:
+            return Follow(((S.PROVISIONING, "borrower provisions"),))
+        if theirs == "active" and ours in (S.AGREED, S.PROVISIONING):
+            steps = ((S.PROVISIONING, "borrower provisions"),) if ours is S.AGREED else ()
+            return Follow(steps + ((S.ACTIVE, "borrower's nodes are up"),))
+        if theirs in ("closed", "failed") and ours is not S.PROPOSED:
+            return Follow(end=f"borrower's contract is {theirs}")
+    elif theirs in ("closed", "failed") and ours in (S.ACTIVE, S.AGREED):
+        return Follow(end=f"lender's contract is {theirs}")
+    return Follow()

@@ -348,17 +348,11 @@ class Broker:
             c = self.store.get(cid)
             if c is None or c.peer != m.sender or c.state.final or c.id in self.busy:
                 continue
-            if c.role is Role.LENDER:
-                if peer_state == "provisioning" and c.state is S.AGREED:
-                    self._advance(c, S.PROVISIONING, "borrower provisions")
-                elif peer_state == "active" and c.state in (S.AGREED, S.PROVISIONING):
-                    if c.state is S.AGREED:
-                        c = self._advance(c, S.PROVISIONING, "borrower provisions")
-                    self._advance(c, S.ACTIVE, "borrower's nodes are up")
-                elif peer_state in ("closed", "failed") and c.state is not S.PROPOSED:
-                    self._end_after_peer(c, f"borrower's contract is {peer_state}")
-            elif peer_state in ("closed", "failed") and c.state in (S.ACTIVE, S.AGREED):
-                self._end_after_peer(c, f"lender's contract is {peer_state}")
+            step = trade.follow(c.role, c.state, peer_state)
+            for to, why in step.steps:
+                c = self._advance(c, to, why)
+            if step.end:
+                self._end_after_peer(c, step.end)
         # every contract we hold with the sender, closed ones too: the sender ends its side
         # of any we hold closed or do not know (Broker.heartbeat, reconcile.peer_view)
         mine = [[c.id, c.state.value] for c in self.store.contracts(peer=m.sender)]

@@ -151,3 +151,20 @@ def test_a_candidate_may_stand_for_several_alike_hosts():
 
 def test_a_peer_that_declined_rests_three_intervals_at_least_five_seconds():
     assert trade.rest_after_decline(10) == 30 and trade.rest_after_decline(0.5) == 5.0
+
+
+def test_the_lender_follows_the_borrowers_progress_and_either_side_ends_what_the_other_ended():
+    from broker.negotiation.contracts import ContractState as S
+    from broker.negotiation.contracts import Role
+
+    lender, borrower = Role.LENDER, Role.BORROWER
+    assert trade.follow(lender, S.AGREED, "provisioning").steps == (
+        (S.PROVISIONING, "borrower provisions"),)
+    assert [to for to, _ in trade.follow(lender, S.AGREED, "active").steps] == [
+        S.PROVISIONING, S.ACTIVE]
+    assert [to for to, _ in trade.follow(lender, S.PROVISIONING, "active").steps] == [S.ACTIVE]
+    assert trade.follow(lender, S.ACTIVE, "failed").end == "borrower's contract is failed"
+    assert trade.follow(lender, S.PROPOSED, "closed") == trade.Follow()
+    assert trade.follow(borrower, S.ACTIVE, "closed").end == "lender's contract is closed"
+    assert trade.follow(borrower, S.PROVISIONING, "closed") == trade.Follow()
+    assert trade.follow(borrower, S.ACTIVE, "active") == trade.Follow()
