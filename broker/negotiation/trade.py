@@ -42,7 +42,6 @@ def _listed(items: Listed) -> Sequence:
     return items() if callable(items) else items
 
 
-
 @dataclass(frozen=True, slots=True)
 class Holding:
     """Borrowed machines that are returned together (a live contract's nodes, one simulated
