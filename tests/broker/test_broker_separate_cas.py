@@ -373,8 +373,13 @@ def test_a_renewed_certificate_is_reloaded_with_sighup_while_a_contract_is_activ
         # a few more heartbeats, then: still the same active contract on both sides
         time.sleep(3)
         assert a.proc.poll() is None and b.proc.poll() is None
-        assert [(x.id, x.state) for x in a.contracts()] == [(c.id, S.ACTIVE)]
-        assert [(x.id, x.state) for x in b.contracts()] == [(c.id, S.ACTIVE)]
+        # (A's queue still outgrows its nodes: a further request may be in flight, or declined,
+        # when the contracts are read; no second trade is agreed)
+        settled = (S.PROPOSED, S.CLOSED, S.FAILED)
+        for proc in (a, b):
+            states = {x.id: x.state for x in proc.contracts()}
+            assert states.get(c.id) == S.ACTIVE, (proc.name, states)
+            assert all(s in settled for i, s in states.items() if i != c.id), (proc.name, states)
         for proc in (a, b):
             text = proc.log.read_text()
             assert "refusing" not in text and "unknown_peer" not in text and "reload refused" not in text
