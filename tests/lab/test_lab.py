@@ -24,6 +24,8 @@ from broker.lab import hosts as labhosts
 from broker.lab import topology
 from broker.lab.rootfs import ensure_rootfs
 
+import test_sweep_lab as sweep_lab  # tests/lab: the sweep check, run here while the lab is up
+
 REPO = Path(__file__).resolve().parents[2]
 INVENTORY = REPO / "inventories" / "lab"
 
@@ -215,6 +217,12 @@ def test_pbs_and_slurm_domains_trade_both_ways(site, tmp_path, borrower: str, le
         f"{borrower}-node1", f"{borrower}-node2"}
     for key, secs in result["figures"].items():
         print(f"demo {borrower} from {lender}: {key:24} {secs if secs is None else round(secs, 2)}")
+
+
+def test_sweep_runs_as_a_job_array_on_the_lab(site, tmp_path) -> None:
+    """viocluster sweep --slurm on domain a's Slurm, collected into one table equal to the same
+    grid run here (tests/lab/test_sweep_lab.py, which runs on its own only on a lab left up)."""
+    sweep_lab.sweep_on_lab(site["plan"], tmp_path)
 
 
 def test_brokers_run_unprivileged_and_no_host_logs_in_to_another_as_root(site) -> None:

@@ -79,31 +79,41 @@ def lab_plan(as_root: None) -> labhosts.Plan:
     return plan
 
 
-@pytest.fixture(scope="module")
-def shared_venv(lab_plan: labhosts.Plan, tmp_path_factory: pytest.TempPathFactory):
+def make_shared_venv(plan: labhosts.Plan, wheels: Path) -> str:
     """A virtual environment with this checkout's viocluster, under the head's /home."""
-    wheels = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
                     "--no-build-isolation", "-w", str(wheels), str(REPO)], check=True,
                    capture_output=True, text=True, timeout=300)
     wheel = next(wheels.glob("viocluster-*.whl"))
-    ssh(lab_plan, HEAD, f"rm -rf {WORK} && mkdir -p {WORK}/wheel")
-    head = next(h for h in lab_plan.hosts if h.name == HEAD)
-    subprocess.run(["scp", "-q", "-i", str(lab_plan.key_file), "-o", "StrictHostKeyChecking=no",
+    ssh(plan, HEAD, f"rm -rf {WORK} && mkdir -p {WORK}/wheel")
+    head = next(h for h in plan.hosts if h.name == HEAD)
+    subprocess.run(["scp", "-q", "-i", str(plan.key_file), "-o", "StrictHostKeyChecking=no",
                     "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
                     str(wheel), f"root@{head.ip}:{WORK}/wheel/"], check=True, timeout=120)
-    ssh(lab_plan, HEAD,
+    ssh(plan, HEAD,
         f"python3 -m venv {WORK}/venv && {WORK}/venv/bin/pip install --quiet "
         f"--disable-pip-version-check --no-index --find-links {WORK}/wheel "
         f"--find-links {WHEELHOUSE} viocluster", timeout=600)
+    return f"{WORK}/venv"
+
+
+def sweep_on_lab(plan: labhosts.Plan, tmp_path: Path) -> None:
+    """The whole check, on a converged lab: the environment under /home, the grid as a job
+    array on domain a's nodes, the collected table equal to the same grid run here. Also run by
+    tests/lab/test_lab.py while its lab is up."""
+    wheels = tmp_path / "wheel"
+    wheels.mkdir()
     try:
-        yield f"{WORK}/venv"
+        check_sweep(plan, make_shared_venv(plan, wheels), tmp_path)
     finally:
-        _ssh(lab_plan, HEAD, f"rm -rf {WORK}", timeout=120)
+        _ssh(plan, HEAD, f"rm -rf {WORK}", timeout=120)
 
 
-def test_sweep_runs_as_a_job_array_on_the_nodes_and_is_collected(lab_plan, shared_venv,
-                                                                  tmp_path):
+def test_sweep_runs_as_a_job_array_on_the_nodes_and_is_collected(lab_plan, tmp_path):
+    sweep_on_lab(lab_plan, tmp_path)
+
+
+def check_sweep(lab_plan: labhosts.Plan, shared_venv: str, tmp_path: Path) -> None:
     ssh(lab_plan, HEAD, f"cat > {WORK}/grid.yml", stdin=GRID)
     # every node sees the environment over NFS
     for node in NODES:
