@@ -6,7 +6,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 OUT ?= out
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-down simulate test lint bench-sim bench-switch bench-switch-attack bench-vm bench-trade bench-converge bench-faults lab-up lab-down clean help
+.PHONY: setup demo demo-down simulate sweep test lint bench-sim bench-sim-scale bench-switch bench-switch-attack bench-vm bench-trade bench-converge bench-faults lab-up lab-down clean help
 
 help:
 	@echo "make demo   set up, then run the main job: two lab domains trade a machine"
@@ -14,7 +14,9 @@ help:
 	@echo "make simulate   the trace-driven simulator on its synthetic workload"
 	@echo "make test   set up, then run every test"
 	@echo "make lint   ansible-lint (production profile) and yamllint"
+	@echo "make sweep      the example grid of reclamation policies (docs/examples/sweep.yml)"
 	@echo "make bench-sim     simulator benchmark on the real traces"
+	@echo "make bench-sim-scale  simulator on 1,000,000 generated jobs in 8 domains"
 	@echo "make bench-switch  switch daemon against the peer overlays"
 	@echo "make bench-switch-attack  switch daemon's real traffic with and without an attack"
 	@echo "make bench-vm      COW VM boot and kill times"
@@ -32,6 +34,9 @@ demo: setup
 simulate: setup
 	viocluster simulate --preset demo --out $(OUT)/simulate
 
+sweep: setup
+	viocluster sweep docs/examples/sweep.yml --out $(OUT)/sweep
+
 test: setup
 	python -m pytest $(PYTEST_ARGS)
 
@@ -41,6 +46,9 @@ lint: setup
 
 bench-sim: setup
 	python bench/bench_simulator.py
+
+bench-sim-scale: setup
+	python bench/bench_simulator_scale.py
 
 bench-switch: setup
 	python bench/bench_switch.py

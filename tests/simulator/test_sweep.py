@@ -162,3 +162,11 @@ def test_wrong_grid_says_what_is_wrong_in_one_line(tmp_path, text, words):
 def test_missing_grid_file(tmp_path):
     assert_user_error(sweep(tmp_path / "none.yml", "--out", tmp_path / "out"),
                       "grid file", "not found")
+
+
+def test_the_shipped_example_grid_reads_and_each_cell_is_named() -> None:
+    grid = load_grid(Path(__file__).resolve().parents[2] / "docs" / "examples" / "sweep.yml")
+    assert sorted(grid.policies) == ["drain", "gradual", "immediate", "lease"]
+    assert sorted(grid.scenarios) == ["gen2", "gen4"] and grid.seeds == [1, 2, 3]
+    # each scenario and seed: a baseline without sharing plus one cell per policy
+    assert len(grid.cells()) == 2 * 3 * (1 + 4)
