@@ -128,18 +128,23 @@ class Choice:
 
 LEASE_ENDED = "lease ended"
 DRAINED = "drained: no job runs on it any more"
+DRAIN_DEADLINE = "drain deadline passed: its job is requeued"
 SUFFICE = "idle, and our own nodes suffice"
 
 
 def endings(policy: DomainPolicy, lent: Listed, draining: Listed,
             now: float) -> tuple[TakeBack, ...]:
-    """Loans that end whatever the demand: leases that ran out, and draining loans that no
-    longer run a job."""
+    """Loans that end whatever the demand: leases that ran out, draining loans that no
+    longer run a job, and draining loans past the policy's drain deadline (their job is
+    preempted)."""
     out: list[TakeBack] = []
     if policy.reclamation.mode is Mode.LEASE:
         out.extend(TakeBack(i, LEASE_ENDED)
                    for i in policy.reclamation.expired(_listed(lent), now))
-    out.extend(TakeBack(l.id, DRAINED) for l in _listed(draining) if l.busy_since is None)
+    draining = _listed(draining)
+    out.extend(TakeBack(l.id, DRAINED) for l in draining if l.busy_since is None)
+    out.extend(TakeBack(i, DRAIN_DEADLINE)
+               for i in policy.reclamation.overdue(draining, now))
     return tuple(out)
 
 
@@ -288,15 +293,30 @@ S = ContractState
 @dataclass(frozen=True, slots=True)
 class Follow:
     """Our side's answer to the peer's state of a contract: states to advance through, each
-    with its reason, or end our side (``end`` says why; the peer need not be told)."""
+    with its reason, or end our side (``end`` says why; the peer need not be told). A
+    borrower keeps new jobs off the contract's nodes (``hold`` True) while the lender drains
+    it, and lets them take jobs again (``hold`` False) when the lender says it is active;
+    None: as they are."""
 
     steps: tuple[tuple[ContractState, str], ...] = ()
     end: str = ""
+    hold: bool | None = None
+
+
+#: What a lender calls an active contract it drains, in its heartbeats and its answers to
+#: the borrower's: not a state of the contract (it stays active), a word for the borrower.
+DRAINING = "draining"
+
+
+def word(state: ContractState, draining: bool) -> str:
+    """The state a lender tells its borrower: ``draining`` for an active loan it drains."""
+    return DRAINING if draining and state is S.ACTIVE else state.value
 
 
 def follow(role: Role, ours: ContractState, theirs: str) -> Follow:
     """The lender mirrors the borrower's provisioning progress; either side ends what the
-    other has already closed or failed."""
+    other has already closed or failed; the borrower holds new jobs off a loan its lender
+    drains (``draining``), and lets them on again once it is ``active``."""
     if role is Role.LENDER:
         if theirs == "provisioning" and ours is S.AGREED:
             return Follow(((S.PROVISIONING, "borrower provisions"),))
@@ -307,4 +327,6 @@ def follow(role: Role, ours: ContractState, theirs: str) -> Follow:
             return Follow(end=f"borrower's contract is {theirs}")
     elif theirs in ("closed", "failed") and ours in (S.ACTIVE, S.AGREED):
         return Follow(end=f"lender's contract is {theirs}")
+    elif ours is S.ACTIVE and theirs in (DRAINING, "active"):
+        return Follow(hold=theirs == DRAINING)
     return Follow()

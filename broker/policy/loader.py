@@ -57,6 +57,13 @@ class _Reader(Reader):
         return self.number(v, path, 0, MAX_LEASE_S,
                            expected=f"a number of seconds from 0 to {MAX_LEASE_S:.0f}")
 
+    def deadline(self, path: str, v: Any) -> float | None:
+        if v is None:
+            return None
+        return self.number(v, path, 0, MAX_LEASE_S,
+                           expected=f"a number of seconds from 0 to {MAX_LEASE_S:.0f}, "
+                                    "or null (no deadline)")
+
     def fraction(self, path: str, v: Any) -> float:
         return self.number(v, path, 0, 1, expected="a number from 0 to 1 (paper: 0.5)")
 
@@ -143,6 +150,7 @@ def parse_policy(data: Any, source: str = "policy") -> DomainPolicy:
         "mode": _Key(r.mode),
         "lease_s": _Key(r.seconds),
         "per_interval": _Key(r.positive),
+        "drain_deadline_s": _Key(r.deadline),
     }
     top_keys = {
         "timezone": _Key(r.timezone),

@@ -7,7 +7,9 @@ Modes:
 - ``lease``: a loan lasts ``lease_s`` seconds; the lender cannot reclaim earlier, and the node
   goes back when the lease ends (a job still on it is preempted).
 - ``drain``: reclaimed nodes take no new job; each goes back when its running job ends
-  (idle ones at once). Nothing is preempted.
+  (idle ones at once). Nothing is preempted before ``drain_deadline_s`` (when set): a loan
+  still running a job that long after it began to drain is taken back at once, its job
+  requeued.
 - ``gradual``: like immediate, but at most ``per_interval`` nodes per broker interval.
 """
 
@@ -32,6 +34,7 @@ class Terms:
     mode: Mode = Mode.IMMEDIATE
     lease_s: float = 3600.0
     per_interval: int = 1
+    drain_deadline_s: float | None = None  # under drain: longest wait for a job (None: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +42,14 @@ class Loan:
     """One node lent to (or borrowed from) a peer, as the lender sees it.
 
     busy_since: when the borrower's job on it started (None: no job runs on it).
+    draining_since: when the lender began to drain it (None: not draining).
     """
 
     id: str | int
     peer: str
     started: float
     busy_since: float | None = None
+    draining_since: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +100,15 @@ class ReclamationPolicy:
             busy = tuple(l.id for l in chosen if l.busy_since is not None)
             return ReclaimPlan(now=idle, drain=busy)
         return ReclaimPlan(now=tuple(l.id for l in chosen))
+
+    def overdue(self, draining: Sequence[Loan], now: float) -> tuple[str | int, ...]:
+        """Under ``drain`` with a deadline: the draining loans whose job still runs
+        ``drain_deadline_s`` after they began to drain (to be taken back at once)."""
+        limit = self.terms.drain_deadline_s
+        if self.terms.mode is not Mode.DRAIN or limit is None:
+            return ()
+        return tuple(l.id for l in draining if l.busy_since is not None
+                     and l.draining_since is not None and now >= l.draining_since + limit)
 
     def expired(self, loans: Sequence[Loan], now: float) -> tuple[str | int, ...]:
         """Under ``lease``: the loans whose lease has ended by ``now`` (to be returned)."""

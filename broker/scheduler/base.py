@@ -46,7 +46,8 @@ class Node:
 
     @property
     def busy(self) -> bool:
-        return self.state.startswith(("alloc", "mix", "comp"))
+        """Running a job (``draining``: taking no new job, but its job still runs)."""
+        return self.state.startswith(("alloc", "mix", "comp", "draining"))
 
     @property
     def idle(self) -> bool:
@@ -147,6 +148,8 @@ class SchedulerAdapter(abc.ABC):
 
     borrowed_feature: str = "borrowed"
     lent_reason: str = "viocluster-lent"
+    #: reason a borrowed node carries while its lender drains it (``viocluster-draining:<id>``)
+    draining_reason: str = "viocluster-draining"
 
     @abc.abstractmethod
     def snapshot(self) -> Snapshot:
@@ -170,3 +173,12 @@ class SchedulerAdapter(abc.ABC):
     @abc.abstractmethod
     def unlend(self, node: str) -> None:
         """Put a node we had lent back into service."""
+
+    def hold(self, node: str, contract_id: str) -> None:
+        """Keep new jobs off a borrowed node its lender drains; the job on it runs on."""
+        raise SchedulerError(f"{type(self).__name__} cannot keep new jobs off {node}")
+
+    def unhold(self, node: str) -> None:
+        """Let a borrowed node held by :meth:`hold` take jobs again (no error when it is not
+        held)."""
+        raise SchedulerError(f"{type(self).__name__} cannot put {node} back in service")

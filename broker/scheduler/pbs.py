@@ -32,6 +32,10 @@ Mapping (what the tests in tests/pbs/ check on a real server, scheduler and MoMs
   whole node list and takes nodes offline with ``qmgr``.
 * Lend: ``pbsnodes -o -C viocluster-lent:<contract>``; unlend: ``pbsnodes -r``, the comment
   is unset and a scheduling cycle started (a node back in service starts none by itself).
+* Hold (a borrowed node its lender drains): offline with the comment
+  ``viocluster-draining:<contract>`` through ``qmgr``; its job runs on (the node reads
+  ``draining`` while it does). Unhold: ``state -= offline``, the comment unset, a cycle
+  started. (Not yet run against the live server of tests/pbs.)
 """
 
 from __future__ import annotations
@@ -100,8 +104,9 @@ def _node_state(text: str, has_jobs: bool) -> tuple[str, bool]:
     responding = not states & {"down", "state-unknown", "unresolvable"}
     if not responding:
         return "down", False
-    if "offline" in states:
-        return "drained", True
+    if "offline" in states:  # no new job; one still running makes it draining
+        busy = has_jobs or bool(states & {"job-busy", "job-exclusive", "busy"})
+        return ("draining" if busy else "drained"), True
     if states & {"job-busy", "job-exclusive", "resv-exclusive", "busy"}:
         return "allocated", True
     if "free" in states:
@@ -237,6 +242,19 @@ class PbsAdapter(CommandAdapter):
         if current is None or not current.reason.startswith(self.lent_reason):
             return
         self.run("pbsnodes", "-r", node)
+        self.run("qmgr", "-c", f"unset node {node} comment")
+        self._kick()
+
+    def hold(self, node: str, contract_id: str) -> None:
+        # qmgr, as in remove(): a borrowed node's name need not resolve here
+        self.run("qmgr", "-c", f'set node {node} state=offline,'
+                 f'comment="{self.draining_reason}:{contract_id}"')
+
+    def unhold(self, node: str) -> None:
+        current = self._node(node)
+        if current is None or not current.reason.startswith(self.draining_reason):
+            return
+        self.run("qmgr", "-c", f"set node {node} state -= offline")
         self.run("qmgr", "-c", f"unset node {node} comment")
         self._kick()
 

@@ -216,3 +216,14 @@ class SlurmAdapter(CommandAdapter):
         if current is None or not current.reason.startswith(self.lent_reason):
             return
         self.run("scontrol", "update", f"nodename={node}", "state=resume")
+
+    def hold(self, node: str, contract_id: str) -> None:
+        # drain: the job running there goes on (``draining``), no new one starts
+        self.run("scontrol", "update", f"nodename={node}", "state=drain",
+                 f"reason={self.draining_reason}:{contract_id}")
+
+    def unhold(self, node: str) -> None:
+        current = self._node(node)
+        if current is None or not current.reason.startswith(self.draining_reason):
+            return
+        self.run("scontrol", "update", f"nodename={node}", "state=resume")

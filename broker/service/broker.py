@@ -112,6 +112,7 @@ class Broker:
         # Lent contracts the core said to drain (id -> why), and since when the borrower has
         # reported a job on each lent contract (from its heartbeat answers).
         self.draining: dict[str, str] = {}
+        self.draining_since: dict[str, float] = {}
         self.loan_busy_since: dict[str, float] = {}
         self.limits = rec.Limits(config.node_down_grace_s, config.peer_lost_timeout_s,
                                  config.offer_ttl_s)
@@ -353,10 +354,36 @@ class Broker:
                 c = self._advance(c, to, why)
             if step.end:
                 self._end_after_peer(c, step.end)
+            elif step.hold is not None:
+                await self._hold(c, step.hold)
         # every contract we hold with the sender, closed ones too: the sender ends its side
-        # of any we hold closed or do not know (Broker.heartbeat, reconcile.peer_view)
-        mine = [[c.id, c.state.value] for c in self.store.contracts(peer=m.sender)]
+        # of any we hold closed or do not know (Broker.heartbeat, reconcile.peer_view); a
+        # loan we drain is called ``draining`` (the borrower keeps new jobs off it)
+        mine = [[c.id, self._word(c)] for c in self.store.contracts(peer=m.sender)]
         return 200, {"contracts": mine, "busy": self._busy_borrowed(m.sender)}
+
+    def _word(self, c: Contract) -> str:
+        return trade.word(c.state, c.role is Role.LENDER and c.id in self.draining)
+
+    async def _hold(self, c: Contract, hold: bool) -> None:
+        """Keep new jobs off the nodes of a borrowed contract its lender drains (``hold``), or
+        let them take jobs again; nodes already so (by the last snapshot) are left alone."""
+        snap = self.last_snapshot
+        mark = self.scheduler.draining_reason
+        for name in c.node_names:
+            n = snap.node(name) if snap is not None else None
+            if n is None or n.reason.startswith(mark) == hold:
+                continue
+            try:
+                if hold:
+                    await asyncio.to_thread(self.scheduler.hold, name, c.id)
+                    log.info("contract %s: the lender drains it; %s takes no new job", c.id, name)
+                else:
+                    await asyncio.to_thread(self.scheduler.unhold, name)
+                    log.info("contract %s: the lender no longer drains it; %s takes jobs again",
+                             c.id, name)
+            except SchedulerError as exc:
+                log.warning("contract %s: %s", c.id, exc)
 
     def _busy_borrowed(self, lender: str) -> list[str]:
         """Our contracts with ``lender`` whose nodes run a job now (by the last snapshot): the
@@ -647,9 +674,11 @@ class Broker:
         open_ = [c for c in everything if c.id not in self.busy]
         lent = {c.id: c for c in open_ if c.role is Role.LENDER and c.state is S.ACTIVE}
         self.draining = {cid: why for cid, why in self.draining.items() if cid in lent}
+        self.draining_since = {k: v for k, v in self.draining_since.items() if k in self.draining}
         known = {c.id for c in everything}
         self.loan_busy_since = {k: v for k, v in self.loan_busy_since.items() if k in known}
-        loans = [Loan(c.id, c.borrower, c.updated_at, self.loan_busy_since.get(c.id))
+        loans = [Loan(c.id, c.borrower, c.updated_at, self.loan_busy_since.get(c.id),
+                      self.draining_since.get(c.id))
                  for c in lent.values()]
         held = {c.id: c for c in open_ if c.role is Role.BORROWER and c.state is S.ACTIVE}
         asking = any(c.role is Role.BORROWER and c.state in (S.PROPOSED, S.AGREED, S.PROVISIONING)
@@ -666,11 +695,13 @@ class Broker:
         for e in r.effects:
             if isinstance(e, trade.TakeBack):
                 self.draining.pop(str(e.loan), None)
+                self.draining_since.pop(str(e.loan), None)
                 self._spawn(self.reclaim(lent[str(e.loan)], e.reason))
             elif isinstance(e, trade.Drain):
                 log.info("contract %s: draining (%s): it comes back when its job ends", e.loan,
                          e.reason)
                 self.draining[str(e.loan)] = e.reason
+                self.draining_since[str(e.loan)] = now
             elif isinstance(e, trade.GiveBack):
                 self._spawn(self.give_back(held[str(e.holding)], e.reason))
             elif isinstance(e, trade.Ask):
@@ -697,7 +728,7 @@ class Broker:
         The answer lists every contract the peer holds with us: one of ours it holds closed,
         or does not know, is ended on our side (:func:`reconcile.peer_view`)."""
         open_ = self.store.contracts(open_only=True, peer=peer)
-        mine = tuple((c.id, c.state.value) for c in open_)
+        mine = tuple((c.id, self._word(c)) for c in open_)
         now = self.clock()
         if not (mine or (idle_every is not None
                          and now - self.heartbeat_sent.get(peer, -1e18) >= idle_every)):
@@ -713,6 +744,11 @@ class Broker:
                   if isinstance(item, list) and len(item) == 2
                   and isinstance(item[0], str) and isinstance(item[1], str)}
         self._note_busy(peer, reply.body.get("busy"), now)
+        for c in open_:  # the lender's word on a loan it drains (or no longer drains)
+            if c.role is Role.BORROWER and c.id in theirs and c.id not in self.busy:
+                step = trade.follow(c.role, c.state, theirs[c.id])
+                if step.hold is not None and not step.end:
+                    await self._hold(c, step.hold)
         for action in rec.peer_view(self.store.contracts(open_only=True, peer=peer), peer,
                                     asked, theirs, frozenset(self.busy)):
             c = self.store.get(action.contract_id)

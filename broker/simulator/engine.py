@@ -68,7 +68,8 @@ class SimConfig:
 
 
 class VM:
-    __slots__ = ("id", "lender", "borrower", "state", "job", "started", "busy_since", "loan")
+    __slots__ = ("id", "lender", "borrower", "state", "job", "started", "busy_since", "loan",
+                 "draining_since")
 
     def __init__(self, vid: int, lender: int, borrower: int, started: float) -> None:
         self.id = vid
@@ -79,6 +80,7 @@ class VM:
         self.started = started
         self.busy_since = -1.0
         self.loan: Loan | None = None  # Simulation._loan's record, until the VM's job changes
+        self.draining_since = -1.0  # when its lender began to drain it (-1: not draining)
 
 
 @dataclass(slots=True)
@@ -348,6 +350,8 @@ class Simulation:
             self.halt(vm, now)
             return
         vm.state = DRAINING
+        vm.draining_since = now
+        vm.loan = None
         self.domains[vm.borrower].valid = False
 
     def vm_up(self, vm: VM) -> None:
@@ -543,6 +547,8 @@ class Simulation:
                 return False
             if d.lent and d.policy.reclamation.terms.mode is Mode.LEASE:
                 return False
+            if d.lent and d.policy.reclamation.terms.drain_deadline_s is not None:
+                return False  # a draining loan may reach its deadline
         return True
 
     def broker_round(self, now: float) -> None:
@@ -617,7 +623,8 @@ class Simulation:
         if loan is None:
             epoch = self.cfg.epoch
             loan = vm.loan = Loan(vm.id, self.domains[vm.borrower].name, epoch + vm.started,
-                                  epoch + vm.busy_since if vm.job >= 0 else None)
+                                  epoch + vm.busy_since if vm.job >= 0 else None,
+                                  epoch + vm.draining_since if vm.state == DRAINING else None)
         return loan
 
     def sample(self, now: float) -> None:

@@ -78,3 +78,12 @@ def test_missing_and_invalid_yaml_files(tmp_path):
     bad.write_text("lending:\n  fraction_idle: [0.5\n")
     with pytest.raises(ConfigError, match=r"bad.yml:\d+"):
         load_policy(bad)
+
+
+def test_drain_deadline():
+    policy = parse_policy({"reclamation": {"mode": "drain", "drain_deadline_s": 900}})
+    assert policy.reclamation.terms.drain_deadline_s == 900
+    assert parse_policy({}).reclamation.terms.drain_deadline_s is None
+    with pytest.raises(ConfigError, match=r"reclamation.drain_deadline_s: got -1; expected a "
+                                          r"number of seconds from 0 to .*or null"):
+        parse_policy({"reclamation": {"drain_deadline_s": -1}})

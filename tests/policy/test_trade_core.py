@@ -167,4 +167,41 @@ def test_the_lender_follows_the_borrowers_progress_and_either_side_ends_what_the
     assert trade.follow(lender, S.PROPOSED, "closed") == trade.Follow()
     assert trade.follow(borrower, S.ACTIVE, "closed").end == "lender's contract is closed"
     assert trade.follow(borrower, S.PROVISIONING, "closed") == trade.Follow()
-    assert trade.follow(borrower, S.ACTIVE, "active") == trade.Follow()
+    assert trade.follow(borrower, S.ACTIVE, "active") == trade.Follow(hold=False)
+
+
+def test_drain_deadline_takes_a_loan_still_busy_back_at_its_deadline():
+    p = DomainPolicy(reclamation=ReclamationPolicy(Terms(Mode.DRAIN, drain_deadline_s=600)))
+    draining = Loan("busy", "b", started=0, busy_since=50, draining_since=100)
+    before = trade.interval(p, NEEDS_BACK, 699, draining=[draining])
+    assert not any(getattr(e, "loan", None) == "busy" for e in before.effects)
+    at = trade.interval(p, NEEDS_BACK, 700, draining=[draining])
+    assert at.effects[0] == TakeBack("busy", trade.DRAIN_DEADLINE)
+    # a loan whose job ended comes back as drained, not as overdue
+    done = Loan("busy", "b", started=0, busy_since=None, draining_since=100)
+    assert trade.interval(p, NEEDS_BACK, 900, draining=[done]).effects[0] == \
+        TakeBack("busy", trade.DRAINED)
+
+
+def test_without_a_drain_deadline_a_busy_loan_drains_however_long():
+    p = policy(Mode.DRAIN)
+    draining = Loan("busy", "b", started=0, busy_since=50, draining_since=100)
+    r = trade.interval(p, NEEDS_BACK, 10**9, draining=[draining])
+    assert not any(getattr(e, "loan", None) == "busy" for e in r.effects)
+
+
+def test_drain_deadline_is_only_a_drain_term():
+    p = DomainPolicy(reclamation=ReclamationPolicy(Terms(Mode.IMMEDIATE, drain_deadline_s=0)))
+    loan = Loan("x", "b", started=0, busy_since=1, draining_since=1)
+    assert p.reclamation.overdue([loan], 10) == ()
+
+
+def test_the_borrower_holds_jobs_off_a_loan_its_lender_drains():
+    from broker.negotiation.contracts import ContractState as CS, Role
+    assert trade.follow(Role.BORROWER, CS.ACTIVE, trade.DRAINING) == trade.Follow(hold=True)
+    assert trade.follow(Role.BORROWER, CS.ACTIVE, "active") == trade.Follow(hold=False)
+    assert trade.follow(Role.BORROWER, CS.RECLAIMING, trade.DRAINING) == trade.Follow()
+    # the lender calls an active loan it drains "draining", any other by its state
+    assert trade.word(CS.ACTIVE, draining=True) == "draining"
+    assert trade.word(CS.RECLAIMING, draining=True) == "reclaiming"
+    assert trade.word(CS.ACTIVE, draining=False) == "active"

@@ -266,3 +266,24 @@ def test_utilization_counts_lent_work_after_the_domains_last_job():
         policy = DomainPolicy(reclamation=ReclamationPolicy(Terms(mode, lease_s=7200)))
         result = Simulation(small_demo(seed=6), [policy, policy], SimConfig(interval=1800)).run()
         assert all(0 < d["utilization"] <= 1 for d in run_summary(result).values())
+
+
+@pytest.mark.parametrize("deadline, preempted", [(None, 0), (1000.0, 1)])
+def test_drain_waits_for_the_job_or_takes_it_back_at_the_drain_deadline(deadline, preempted):
+    # t=600: A lends 2 idle nodes to B, whose 2-node job runs on them from 640 (to 6390 at
+    # the VMs' slowdown); t=4000: A's 4-node job arrives; t=4200: A drains the busy loans.
+    # Without a deadline the job ends by itself; with 1000 s, the round at 5400 takes the
+    # loans back and the job is requeued.
+    a = wl("a", 4, [(4000, 100, 4)])
+    b = wl("b", 4, [(0, 10000, 4), (1, 5000, 2)])
+    drain = DomainPolicy(reclamation=ReclamationPolicy(
+        Terms(Mode.DRAIN, drain_deadline_s=deadline)))
+    sim = Simulation([a, b], [drain, drain], SimConfig(interval=600))
+    result, _ = run_checked(sim)
+    da, db = result.domains
+    assert db.stats.preemptions == preempted
+    if deadline is None:
+        assert db.end[1] == pytest.approx(640 + 5000 * 1.15) and da.start[0] > db.end[1]
+    else:
+        assert da.start[0] == pytest.approx(5400 + SimConfig().halt_delay)
+        assert db.attempt[1] == 1
