@@ -109,8 +109,11 @@ class Pbs:
         # a script file, not "-- /bin/sh -c ...": the submit arguments reappear in qstat's JSON
         wrapper = f"{rundir}/{out_prefix}-pbs.sh"
         text = shlex.quote(f"#!/bin/sh\nexec {rundir}/job.sh >> {rundir}/{out_prefix}-$PBS_JOBID.out 2>&1\n")
-        one = (f"{cls.bin}/qsub -N {name} -o /dev/null -e /dev/null -l {where} -l place=excl "
-               f"{wrapper}")
+        # -R oe: the MoM removes the job's own stdout and stderr instead of copying them to
+        # the submitting host (with scp or pbs_rcp, which the lab's hosts do not serve: the job
+        # would stay "exiting" while the MoM retries)
+        one = (f"{cls.bin}/qsub -N {name} -R oe -o /dev/null -e /dev/null -l {where} "
+               f"-l place=excl {wrapper}")
         return (f"cd / && printf {text} > {wrapper} && chmod 755 {wrapper} && "
                 + " && ".join([one] * count))
 
