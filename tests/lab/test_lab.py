@@ -183,7 +183,7 @@ def test_demo_trades_a_machine(site, tmp_path) -> None:
     for attempt in (1,):
         started = time.monotonic()
         result = demo(DemoSettings(inventory=INVENTORY, out=tmp_path / f"demo{attempt}",
-                                   run_site=False))
+                                   run_site=False), up=labcli.up, build_wheels=labcli.build_wheels)
         site["times"][f"demo run {attempt}"] = time.monotonic() - started
         assert result["problems"] == []
         assert result["jobs_on_borrowed"], result
