@@ -315,6 +315,12 @@ def _write_upper(plan: Plan, host: Host, hdir: Path) -> None:
     names.update(host.extra_hosts)
     lines += [f"{addr}\t{name}" for name, addr in names.items()]
     (upper / "etc/hosts").write_text("\n".join(lines) + "\n")
+    # No name server: every name a lab host needs is in /etc/hosts, and this machine's name
+    # server (which nspawn would otherwise copy or bind in) is out of the hosts' reach, so each
+    # lookup of a name not in /etc/hosts (PBS's start-up asks for its host's IPv6 address
+    # several times) would wait for the resolver's 10 s time-out.
+    (upper / "etc/resolv.conf").unlink(missing_ok=True)
+    (upper / "etc/resolv.conf").write_text("# no name server: every lab name is in /etc/hosts\n")
     (upper / "etc/hostname").write_text(host.name + "\n")
     for bind in host.binds:
         Path(bind.source).mkdir(parents=True, exist_ok=True)
@@ -408,6 +414,8 @@ def _boot(plan: Plan, host: Host, hdir: Path) -> int:
         f"--hostname={host.name}",
         f"--network-namespace-path={NETNS_DIR / host.machine}",
         "--register=no", "--keep-unit", "--link-journal=no",
+        # the host's own resolv.conf (no name server, written above), not this machine's
+        "--resolv-conf=off",
         # root in a host makes TAPs (switch daemon, UML VMs of lending accounts)
         "--capability=CAP_NET_ADMIN",
         # nfs-ganesha's VFS backend needs open_by_handle_at, which the default filter blocks
