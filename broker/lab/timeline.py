@@ -141,7 +141,11 @@ def build_report(*, burst_a: float, burst_b: float | None, a_contracts: list[dic
         "reclaim_to_vm_gone_s": None, "reclaim_to_closed_s": None,
     }
     problems: list[str] = []
-    active = _first(a_borrow, "active")
+    # The trade with B: A may hold contracts with other lenders too (a domain with several
+    # peers), whose VMs B's reclaim does not touch.
+    b_ids = {c.get("id") for c in b_contracts}
+    with_b = [t for t in a_borrow if t["contract"].get("id") in b_ids]
+    active = _first(with_b or a_borrow, "active")
     vm_nodes: list[str] = []
     if active is None:
         problems.append("no borrowed VM became active in domain A")
