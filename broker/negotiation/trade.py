@@ -28,7 +28,16 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 
 from broker.negotiation.contracts import ContractState, Role
-from broker.policy import Action, DomainPolicy, DomainState, HostProperties, Intent, Loan, Mode
+from broker.policy import (
+    Action,
+    DomainPolicy,
+    DomainState,
+    HostProperties,
+    Intent,
+    Loan,
+    Mode,
+    Requirements,
+)
 from broker.policy import Terms as PolicyTerms
 
 # ------------------------------------------------------------------------------ observations
@@ -64,6 +73,7 @@ class Candidate:
     rank: tuple = ()
     ref: object = field(default=None, compare=False)  # the caller's own record of the host
     count: int = 1
+    peer: str | None = None  # the lender (a location rule may name it)
 
 
 # ------------------------------------------------------------------------------ effects
@@ -129,6 +139,7 @@ class Choice:
 LEASE_ENDED = "lease ended"
 DRAINED = "drained: no job runs on it any more"
 DRAIN_DEADLINE = "drain deadline passed: its job is requeued"
+CO_LOCATED = "waiting for co-located nodes"
 SUFFICE = "idle, and our own nodes suffice"
 
 
@@ -145,6 +156,13 @@ def endings(policy: DomainPolicy, lent: Listed, draining: Listed,
     out.extend(TakeBack(l.id, DRAINED) for l in draining if l.busy_since is None)
     out.extend(TakeBack(i, DRAIN_DEADLINE)
                for i in policy.reclamation.overdue(draining, now))
+    least = policy.lending.min_free_disk_gb
+    if least is not None:
+        gone = {e.loan for e in out}
+        out.extend(TakeBack(l.id, f"free disk {l.free_disk_gb:g} GB < {least} GB")
+                   for l in (*_listed(lent), *draining)
+                   if l.id not in gone and l.free_disk_gb is not None
+                   and l.free_disk_gb < least)
     return tuple(out)
 
 
@@ -232,11 +250,15 @@ def answer(
     *,
     available: int,
     pending: int = 0,
+    unfit: str = "",
 ) -> Answer:
     """The lender's answer to ``peer`` asking for ``asked`` machines: how many to offer.
 
-    available: idle lending hosts not already offered or lent.
+    available: idle lending hosts not already offered or lent that meet the request's needs
+               (:func:`suited`).
     pending:   hosts offered in proposals not yet accepted (they count against the policy).
+    unfit:     why idle hosts were left out for the request's needs (the decline says it
+               when none is left).
     """
     refused = refusal(policy, peer)
     if refused:
@@ -246,8 +268,23 @@ def answer(
         return Answer(0, f"lending policy offers {max(count, 0)} now")
     count = min(count, available)
     if count <= 0:
-        return Answer(0, "no idle lending host")
+        return Answer(0, f"no idle lending host meets the request's needs ({unfit})" if unfit
+                      else "no idle lending host")
     return Answer(count)
+
+
+def suited(needs: Requirements, hosts: Sequence[HostProperties]) -> tuple[list[int], str]:
+    """Which of a lender's idle ``hosts`` meet a request's ``needs`` (their indexes, in
+    order), and why the first that does not falls short ("" when all do)."""
+    fit: list[int] = []
+    why = ""
+    for i, h in enumerate(hosts):
+        short = needs.shortfall(h)
+        if short is None:
+            fit.append(i)
+        elif not why:
+            why = short.replace("required", "asked")
+    return fit, why
 
 
 def screen(
@@ -257,7 +294,7 @@ def screen(
     fitting: list[Candidate] = []
     turned: list[tuple[Candidate, str]] = []
     for c in candidates:
-        verdict = policy.borrowing.accepts(c.host, c.terms, borrowed, now, policy.tz)
+        verdict = policy.borrowing.accepts(c.host, c.terms, borrowed, now, policy.tz, c.peer)
         if verdict.ok:
             fitting.append(c)
         else:
@@ -266,10 +303,27 @@ def screen(
 
 
 def choose(fitting: Sequence[Candidate], wanted: int,
-           offers: Sequence[Hashable] = ()) -> Choice:
+           offers: Sequence[Hashable] = (), co_located: bool = False) -> Choice:
     """Take the ``wanted`` best-ranked fitting hosts (ties: the order given; of a group of
     ``count`` alike, as many as still wanted); every offer in ``offers`` that gets none is
-    refused, saying why."""
+    refused, saying why.
+
+    co_located: all hosts taken from one site (the site whose best host ranks best among
+    those that can supply ``wanted``); when no site can, none is taken and every offer is
+    refused (:data:`CO_LOCATED`): the borrower waits for co-located nodes. Hosts of an
+    unknown site (None) count as one site.
+    """
+    fits = {c.offer for c in fitting}
+    if co_located and fitting:
+        by_site: dict[str | None, list[Candidate]] = {}
+        for c in fitting:
+            by_site.setdefault(c.host.site, []).append(c)
+        enough = [g for g in by_site.values() if sum(c.count for c in g) >= wanted]
+        if not enough:
+            most = max(sum(c.count for c in g) for g in by_site.values())
+            why = f"{CO_LOCATED}: no site offers {wanted} (at most {most})"
+            return Choice({}, {o: why for o in offers})
+        fitting = min(enough, key=lambda g: min(c.rank for c in g))
     taken: dict[Hashable, list[Candidate]] = {}
     left = wanted
     for c in sorted(fitting, key=lambda c: c.rank):
@@ -278,7 +332,6 @@ def choose(fitting: Sequence[Candidate], wanted: int,
         n = min(c.count, left)
         taken.setdefault(c.offer, []).append(c if n == c.count else replace(c, count=n))
         left -= n
-    fits = {c.offer for c in fitting}
     refused = {o: ("other offers fit better" if o in fits
                    else "no offered host fits the borrowing policy")
                for o in offers if o not in taken}

@@ -41,7 +41,7 @@ idle_borrowed)``
 from broker.policy.borrowing import BorrowingPolicy, Verdict
 from broker.policy.demand import DomainState, demand, need
 from broker.policy.domain import Action, DomainPolicy, Intent
-from broker.policy.hosts import HostProperties, Requirements
+from broker.policy.hosts import HostProperties, Location, Requirements
 from broker.policy.lending import LendingPolicy
 from broker.policy.loader import load_policy, parse_policy
 from broker.policy.reclamation import Loan, Mode, ReclaimPlan, ReclamationPolicy, Terms
@@ -55,6 +55,7 @@ __all__ = [
     "HostProperties",
     "Intent",
     "LendingPolicy",
+    "Location",
     "Loan",
     "Mode",
     "ReclaimPlan",

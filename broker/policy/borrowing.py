@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import tzinfo, timezone
 
 from broker.policy.demand import DomainState
-from broker.policy.hosts import HostProperties, Requirements
+from broker.policy.hosts import HostProperties, Location, Requirements
 from broker.policy.reclamation import Mode, Terms
 from broker.policy.windows import TimeWindow, in_windows
 
@@ -30,6 +30,7 @@ class BorrowingPolicy:
     accept_reclamation: reclamation modes the domain accepts from a lender.
     min_lease_s:        shortest lease accepted under the ``lease`` mode.
     windows:            times of day when borrowing is allowed (empty: always).
+    location:           maximum RTT and sites accepted (per lender too), co-location.
     """
 
     enabled: bool = True
@@ -38,6 +39,7 @@ class BorrowingPolicy:
     accept_reclamation: frozenset[Mode] = frozenset(Mode)
     min_lease_s: float = 0.0
     windows: tuple[TimeWindow, ...] = field(default=())
+    location: Location = Location()
 
     def wanted(self, state: DomainState, now: float, tz: tzinfo = timezone.utc) -> int:
         """VMs to ask peers for now: n_a when positive and nothing is lent, within the caps."""
@@ -71,8 +73,10 @@ class BorrowingPolicy:
         borrowed: int,
         now: float,
         tz: tzinfo = timezone.utc,
+        lender: str | None = None,
     ) -> Verdict:
-        """Whether one offered host, with the lender's terms, is acceptable now."""
+        """Whether one offered host (of ``lender``), with the lender's terms, is acceptable
+        now."""
         if not self.enabled:
             return Verdict(False, "borrowing disabled")
         if self.max_borrowed is not None and borrowed >= self.max_borrowed:
@@ -82,4 +86,7 @@ class BorrowingPolicy:
         short = self.require.shortfall(host)
         if short:
             return Verdict(False, short)
+        away = self.location.refusal(host, lender)
+        if away:
+            return Verdict(False, away)
         return self.accepts_terms(terms)

@@ -18,6 +18,8 @@ class LendingPolicy:
     max_lent:      cap on nodes lent at once, to all peers together (None: no cap).
     peers:         peers that may borrow (None: every peer).
     windows:       times of day when lending is allowed (empty: always).
+    min_free_disk_gb: a loan whose host has less free disk (where the COWs go) is taken
+                   back (None: disk not watched).
     """
 
     enabled: bool = True
@@ -26,6 +28,7 @@ class LendingPolicy:
     max_lent: int | None = None
     peers: frozenset[str] | None = None
     windows: tuple[TimeWindow, ...] = field(default=())
+    min_free_disk_gb: int | None = None
 
     def allows_peer(self, peer: str) -> bool:
         return self.peers is None or peer in self.peers

@@ -21,7 +21,7 @@ from broker.validation import Reader
 from broker.negotiation.messages import MAX_LEASE_S
 from broker.policy.borrowing import BorrowingPolicy
 from broker.policy.domain import DomainPolicy
-from broker.policy.hosts import Requirements
+from broker.policy.hosts import Location, Requirements
 from broker.policy.lending import LendingPolicy
 from broker.policy.reclamation import Mode, ReclamationPolicy, Terms
 from broker.policy.windows import FORMAT as WINDOW_FORMAT
@@ -63,6 +63,19 @@ class _Reader(Reader):
         return self.number(v, path, 0, MAX_LEASE_S,
                            expected=f"a number of seconds from 0 to {MAX_LEASE_S:.0f}, "
                                     "or null (no deadline)")
+
+    def rtt(self, path: str, v: Any) -> float | None:
+        if v is None:
+            return None
+        return self.number(v, path, 0, 3_600_000,
+                           expected="a number of milliseconds from 0 to 3600000, or null (any)")
+
+    def sites(self, path: str, v: Any) -> frozenset[str] | None:
+        if v == "all" or v is None:
+            return None
+        if not isinstance(v, list) or not all(isinstance(p, str) and p for p in v):
+            raise self.wrong(path, v, "'all' or a list of site names (a lender's 'site')")
+        return frozenset(v)
 
     def fraction(self, path: str, v: Any) -> float:
         return self.number(v, path, 0, 1, expected="a number from 0 to 1 (paper: 0.5)")
@@ -132,12 +145,27 @@ def parse_policy(data: Any, source: str = "policy") -> DomainPolicy:
         "max_lent": _Key(cap),
         "peers": _Key(r.peers),
         "windows": _Key(r.windows),
+        "min_free_disk_gb": _Key(cap),
     }
     require_keys = {
         "cpus": _Key(r.positive),
         "memory_mb": _Key(r.count),
         "disk_gb": _Key(r.count),
     }
+    place_keys = {
+        "max_rtt_ms": _Key(r.rtt),
+        "sites": _Key(r.sites),
+    }
+
+    def lenders(path: str, v: Any) -> tuple[tuple[str, Location], ...]:
+        if v is None:
+            return ()
+        if not isinstance(v, dict):
+            raise r.wrong(path, v, "a mapping of lender domain names to {max_rtt_ms, sites}")
+        return tuple((str(name), Location(**r.section(f"{path}.{name}", rule, place_keys)))
+                     for name, rule in v.items())
+
+    location_keys = {**place_keys, "co_located": _Key(r.flag), "lenders": _Key(lenders)}
     borrowing_keys = {
         "enabled": _Key(r.flag),
         "max_borrowed": _Key(cap),
@@ -145,6 +173,7 @@ def parse_policy(data: Any, source: str = "policy") -> DomainPolicy:
         "accept_reclamation": _Key(r.modes),
         "min_lease_s": _Key(r.seconds),
         "windows": _Key(r.windows),
+        "location": _Key(lambda p, v: Location(**r.section(p, v, location_keys))),
     }
     reclamation_keys = {
         "mode": _Key(r.mode),

@@ -43,6 +43,7 @@ class Loan:
 
     busy_since: when the borrower's job on it started (None: no job runs on it).
     draining_since: when the lender began to drain it (None: not draining).
+    free_disk_gb: the least free disk of its hosts, last measured (None: not measured).
     """
 
     id: str | int
@@ -50,6 +51,7 @@ class Loan:
     started: float
     busy_since: float | None = None
     draining_since: float | None = None
+    free_disk_gb: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -40,7 +41,7 @@ from broker.negotiation.messages import (
     from_dict,
     new_id,
 )
-from broker.policy import HostProperties, Loan
+from broker.policy import HostProperties, Loan, Requirements
 from broker.policy import Terms as PolicyTerms
 from broker.policy.reclamation import Mode
 from broker.provisioning import Executor
@@ -50,7 +51,7 @@ from broker.service.certwatch import CertWatch
 from broker.service.client import PeerClient, Reply
 from broker.service.config import BrokerConfig
 from broker.service.metrics import Metrics
-from broker.service.probes import CommandProbe, ProbeError, measure_host, ping_ms
+from broker.service.probes import CommandProbe, ProbeError, free_disk_gb, measure_host, ping_ms
 from broker.service.store import StaleContract, Store
 
 COMPACT_EVERY_S = 3600.0  # how often closed contracts past their retention are removed
@@ -251,15 +252,23 @@ class Broker:
                               available=len(hosts), pending=pending)
         if not answer.ok:
             return 200, {"reply": replace(decline, reason=answer.reason).to_dict()}
-        hosts = hosts[:answer.count]
-        offers = []
+        # every idle host measured now; those that meet the request's needs are offered
+        measured = []
         for h in hosts:
             node = idle[h.node]
             memory = node.memory_mb
             if node.free_memory_mb is not None:
                 memory = min(memory, node.free_memory_mb) if memory else node.free_memory_mb
-            offers.append(await asyncio.to_thread(measure_host, h, node.cpus, memory, self.config.site,
-                                                  m.sender))
+            measured.append(asyncio.to_thread(measure_host, h, node.cpus, memory,
+                                              self.config.site, m.sender))
+        measured = list(await asyncio.gather(*measured))
+        fit, unfit = trade.suited(Requirements(m.needs.cpus, m.needs.memory_mb, m.needs.disk_gb),
+                                  [HostProperties(o.cpus, o.memory_mb, o.disk_gb) for o in measured])
+        answer = trade.answer(self.policy, snap.domain_state(), m.sender, m.nodes, now,
+                              available=len(fit), pending=pending, unfit=unfit)
+        if not answer.ok:
+            return 200, {"reply": replace(decline, reason=answer.reason).to_dict()}
+        offers = [measured[i] for i in fit[:answer.count]]
         terms = _wire_terms(self.policy.reclamation.terms)
         c, t = Contract.propose(m.contract_id, Role.LENDER, m.sender, self.config.domain,
                                 m.nodes, m.needs, terms, now)
@@ -451,11 +460,14 @@ class Broker:
                 self.quiet_until[name] = now + trade.rest_after_decline(self.config.interval_s)
                 continue
             offers[c.id] = offer
+            # a host whose RTT its lender could not measure fails a maximum-RTT rule
             candidates.extend(
-                trade.Candidate(c.id, HostProperties(h.cpus, h.memory_mb, h.disk_gb),
+                trade.Candidate(c.id, HostProperties(
+                                    h.cpus, h.memory_mb, h.disk_gb,
+                                    h.rtt_ms if h.rtt_ms is not None else math.inf, h.site),
                                 _policy_terms(offer.terms),
                                 (h.rtt_ms if h.rtt_ms is not None else 1e9, -h.cpus, -h.memory_mb),
-                                ref=h)
+                                ref=h, peer=name)
                 for h in offer.hosts)
         fitting, turned = trade.screen(self.policy, candidates, borrowed, now)
         for cand, why in turned:
@@ -467,7 +479,8 @@ class Broker:
                                           for cand in fitting))
             fitting = [replace(cand, rank=(rtt if rtt is not None else 1e9, *cand.rank[1:]))
                        for rtt, cand in zip(rtts, fitting)]
-        choice = trade.choose(fitting, wanted, offers=list(offers))
+        choice = trade.choose(fitting, wanted, offers=list(offers),
+                              co_located=self.policy.borrowing.location.co_located)
         agreed = []
         for name, c, _req in asks:
             if c.id not in offers:
@@ -677,8 +690,9 @@ class Broker:
         self.draining_since = {k: v for k, v in self.draining_since.items() if k in self.draining}
         known = {c.id for c in everything}
         self.loan_busy_since = {k: v for k, v in self.loan_busy_since.items() if k in known}
+        disk = await self._free_disk(list(lent.values()))
         loans = [Loan(c.id, c.borrower, c.updated_at, self.loan_busy_since.get(c.id),
-                      self.draining_since.get(c.id))
+                      self.draining_since.get(c.id), disk.get(c.id))
                  for c in lent.values()]
         held = {c.id: c for c in open_ if c.role is Role.BORROWER and c.state is S.ACTIVE}
         asking = any(c.role is Role.BORROWER and c.state in (S.PROPOSED, S.AGREED, S.PROVISIONING)
@@ -709,6 +723,22 @@ class Broker:
         for peer in self.config.peers:
             await self.heartbeat(peer, idle_every=max(5 * self.config.interval_s, 10.0))
         self._compact(now)
+
+    async def _free_disk(self, loans: list[Contract]) -> dict[str, float]:
+        """The least free disk of each loan's hosts (where the COWs go), when the lending
+        policy watches it; a host that cannot be measured tells nothing."""
+        if self.policy.lending.min_free_disk_gb is None or not loans:
+            return {}
+        hosts = {h.node: h for h in self.config.lending_hosts}
+        names = sorted({n for c in loans for n in c.host_names if n in hosts})
+        found = await asyncio.gather(*(asyncio.to_thread(free_disk_gb, hosts[n]) for n in names))
+        free = {n: gb for n, gb in zip(names, found) if gb is not None}
+        out = {}
+        for c in loans:
+            known = [free[n] for n in c.host_names if n in free]
+            if known:
+                out[c.id] = float(min(known))
+        return out
 
     def _compact(self, now: float) -> None:
         if self.last_compacted is not None and now - self.last_compacted < COMPACT_EVERY_S:

@@ -91,23 +91,28 @@ def ping_ms(address: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
-def measure_host(host: LendingHost, cpus: int, memory_mb: int, site: str,
-                 borrower: str = "") -> HostOffer:
-    """The host as it is now: CPUs and free memory (from the scheduler), free disk where the
-    COWs go (statvfs here, or ``df`` through ``measure_prefix``), and the RTT to it (ping)."""
-    disk_gb = 0
+def free_disk_gb(host: LendingHost) -> int | None:
+    """Free disk where the host's COWs go, in whole GB (statvfs here, or ``df`` through
+    ``measure_prefix``); None when it cannot be measured (logged)."""
     try:
         if host.measure_prefix:
             out = subprocess.run(
                 [*host.measure_prefix, "df", "-Pk", host.disk_path],
                 capture_output=True, text=True, timeout=10, check=True,
             ).stdout.splitlines()
-            disk_gb = int(out[-1].split()[3]) // (1024 * 1024)
-        else:
-            disk_gb = shutil.disk_usage(host.disk_path).free // (1 << 30)
+            return int(out[-1].split()[3]) // (1024 * 1024)
+        return shutil.disk_usage(host.disk_path).free // (1 << 30)
     except (OSError, subprocess.SubprocessError, IndexError, ValueError) as exc:
         logging.getLogger("broker").warning("cannot measure free disk of %s at %s: %s",
                                             host.node, host.disk_path, exc)
+        return None
+
+
+def measure_host(host: LendingHost, cpus: int, memory_mb: int, site: str,
+                 borrower: str = "") -> HostOffer:
+    """The host as it is now: CPUs and free memory (from the scheduler), free disk where the
+    COWs go (:func:`free_disk_gb`, 0 when unknown), and the RTT to it (ping)."""
+    disk_gb = free_disk_gb(host) or 0
     rtt = ping_ms(host.address)
     account = host.account.replace("{borrower}", borrower)
     return HostOffer(host.node, host.address, account, max(cpus, 1), memory_mb, disk_gb, site, rtt)

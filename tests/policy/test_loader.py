@@ -87,3 +87,34 @@ def test_drain_deadline():
     with pytest.raises(ConfigError, match=r"reclamation.drain_deadline_s: got -1; expected a "
                                           r"number of seconds from 0 to .*or null"):
         parse_policy({"reclamation": {"drain_deadline_s": -1}})
+
+
+def test_location_and_disk_watch():
+    policy = parse_policy({
+        "lending": {"min_free_disk_gb": 3},
+        "borrowing": {"location": {"max_rtt_ms": 5, "sites": ["rack1"], "co_located": True,
+                                   "lenders": {"b": {"max_rtt_ms": 50, "sites": "all"}}}},
+    })
+    loc = policy.borrowing.location
+    assert (loc.max_rtt_ms, loc.sites, loc.co_located) == (5, frozenset({"rack1"}), True)
+    assert loc.of("b").max_rtt_ms == 50 and loc.of("b").sites is None
+    assert loc.of("c") is loc
+    assert policy.lending.min_free_disk_gb == 3
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"borrowing": {"location": {"max_rtt_ms": -1}}},
+     "borrowing.location.max_rtt_ms: got -1; expected a number of milliseconds"),
+    ({"borrowing": {"location": {"sites": "rack1"}}},
+     "borrowing.location.sites: got 'rack1'; expected 'all' or a list of site names"),
+    ({"borrowing": {"location": {"lenders": ["b"]}}},
+     "borrowing.location.lenders: got a list; expected a mapping of lender domain names"),
+    ({"borrowing": {"location": {"lenders": {"b": {"co_located": True}}}}},
+     "unknown key 'borrowing.location.lenders.b.co_located'; allowed under "
+     "borrowing.location.lenders.b: max_rtt_ms, sites"),
+    ({"lending": {"min_free_disk_gb": -2}}, "lending.min_free_disk_gb: got -2"),
+])
+def test_location_and_disk_errors_name_the_key(data, words):
+    with pytest.raises(ConfigError) as err:
+        parse_policy(data)
+    assert words in str(err.value)

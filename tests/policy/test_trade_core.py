@@ -205,3 +205,76 @@ def test_the_borrower_holds_jobs_off_a_loan_its_lender_drains():
     assert trade.word(CS.ACTIVE, draining=True) == "draining"
     assert trade.word(CS.RECLAIMING, draining=True) == "reclaiming"
     assert trade.word(CS.ACTIVE, draining=False) == "active"
+
+
+# -- location, needs, disk -------------------------------------------------------------------
+from broker.policy import Location  # noqa: E402
+
+
+def at(offer, rtt, site, rank=None, peer=None, count=1):
+    return Candidate(offer, HostProperties(1, 1024, 10, rtt, site), Terms(),
+                     (rtt if rank is None else rank,), peer=peer, count=count)
+
+
+def test_screen_turns_away_hosts_too_far_or_at_a_site_not_accepted():
+    rule = Location(max_rtt_ms=5, sites=frozenset({"s1", "s2"}),
+                    lenders=(("far", Location(max_rtt_ms=50)),))
+    p = policy(borrowing=BorrowingPolicy(location=rule))
+    near, slow, odd = at("x", 1.0, "s1"), at("x", 9.0, "s1"), at("x", 1.0, "s9")
+    unknown_rtt = at("x", float("inf"), "s1")  # its lender could not measure it
+    far_ok = at("y", 40.0, "s9", peer="far")  # the rule for lender "far": 50 ms, any site
+    fitting, turned = trade.screen(p, [near, slow, odd, unknown_rtt, far_ok], 0, 0)
+    assert fitting == [near, far_ok]
+    assert dict(turned) == {slow: "RTT 9 ms > max 5 ms",
+                            odd: "site s9 not accepted (s1, s2)",
+                            unknown_rtt: "RTT unknown > max 5 ms"}
+
+
+def test_a_location_rule_does_not_judge_what_is_not_known():
+    # the simulator knows no RTT or site: its hosts carry None, and pass
+    p = policy(borrowing=BorrowingPolicy(location=Location(max_rtt_ms=1, sites=frozenset())))
+    c = Candidate("x", HostProperties(), Terms(), (0,))
+    assert trade.screen(p, [c], 0, 0) == ([c], [])
+
+
+def test_co_located_takes_hosts_of_one_site_or_waits():
+    a1, a2, b1 = at("x", 1.0, "a"), at("y", 2.0, "a"), at("z", 0.5, "b")
+    # without the rule: the best-ranked two, over two sites
+    assert set(trade.choose([a1, a2, b1], 2).taken) == {"x", "z"}
+    # with it: site a, the only one that can supply two
+    choice = trade.choose([a1, a2, b1], 2, offers=["x", "y", "z"], co_located=True)
+    assert choice.taken == {"x": (a1,), "y": (a2,)}
+    assert choice.refused == {"z": "other offers fit better"}
+    # no site has three: take nothing, wait
+    wait = trade.choose([a1, a2, b1], 3, offers=["x", "y", "z"], co_located=True)
+    assert wait.taken == {}
+    assert set(wait.refused.values()) == {f"{trade.CO_LOCATED}: no site offers 3 (at most 2)"}
+    # a group of alike hosts counts as many
+    three = at("w", 9.0, "c", count=3)
+    assert trade.choose([a1, b1, three], 3, co_located=True).taken == {"w": (three,)}
+
+
+def test_the_lender_offers_only_hosts_that_meet_the_requests_needs():
+    hosts = [HostProperties(2, 4096, 50), HostProperties(8, 512, 50), HostProperties(8, 8192, 5)]
+    assert trade.suited(Requirements(1, 0, 0), hosts) == ([0, 1, 2], "")
+    assert trade.suited(Requirements(4, 1024, 10), hosts) == ([], "cpus 2 < asked 4")
+    fit, why = trade.suited(Requirements(2, 2048, 10), hosts)
+    assert (fit, why) == ([0], "memory_mb 512 < asked 2048")
+    assert trade.answer(policy(), IDLE_LENDER, "a", 4, 0, available=len(fit), unfit=why).count == 1
+    assert trade.answer(policy(), IDLE_LENDER, "a", 4, 0, available=0,
+                        unfit="cpus 2 < asked 4").reason == \
+        "no idle lending host meets the request's needs (cpus 2 < asked 4)"
+
+
+def test_a_loan_whose_host_runs_short_of_disk_is_taken_back():
+    p = policy(lending=LendingPolicy(min_free_disk_gb=5))
+    calm = DomainState(physical=4, lent=2, running_nodes=2, busy_physical=2)
+    ok = Loan("ok", "a", 0, free_disk_gb=5)
+    short = Loan("short", "a", 0, busy_since=10, free_disk_gb=4)
+    unmeasured = Loan("unmeasured", "a", 0)
+    r = trade.interval(p, calm, 100, lent=[ok, short, unmeasured])
+    assert r.effects == (TakeBack("short", "free disk 4 GB < 5 GB"),)
+    draining = Loan("d", "a", 0, busy_since=10, draining_since=50, free_disk_gb=1)
+    assert trade.endings(p, [], [draining], 100) == (TakeBack("d", "free disk 1 GB < 5 GB"),)
+    # not watched without a threshold
+    assert trade.interval(policy(), calm, 100, lent=[short]).effects == ()
