@@ -400,7 +400,7 @@ def demo(settings: DemoSettings, log: Callable[[str], None] = print,
         watcher.every(0.25, queue.poll)
 
         def on_vm() -> list[str]:
-            return [j for j, n in queue.snapshot().items() if n.startswith(f"{a}-v")]
+            return [j for j, n in queue.snapshot().items() if n.startswith(queue.vm_prefix)]
 
         _wait("a job of A running on a borrowed VM", lambda: bool(on_vm()), settings.phase_timeout_s)
         first = on_vm()
@@ -408,8 +408,13 @@ def demo(settings: DemoSettings, log: Callable[[str], None] = print,
         a_now = [c for c in _contracts(shell, heads[a]) if c["state"] == "active" and c["role"] == "borrower"]
         if not a_now:
             raise DemoError("a job runs on a borrowed node but broker A has no active contract")
-        contract = a_now[-1]
+        # A may borrow from other peers too: the trade is the one with B, whose reclaim it watches
+        contract = next((c for c in reversed(a_now) if c.get("peer") == b), a_now[-1])
         vm, host = contract["nodes"][0], contract["hosts"][0]
+        with queue.lock:
+            if queue.vm_prefix != vm:  # from now on only B's VM counts
+                queue.vm_prefix = vm
+                queue.ran_on_vm_done.clear()
         account = f"vcpeer{a}"  # the lending hosts' account of domain A (playbooks/site.yml)
 
         def vm_done_and_next() -> bool:
