@@ -7,9 +7,11 @@ network, SQLite, the scheduler and ansible-runner; the simulator
 (:meth:`broker.simulator.engine.Simulation.broker_round`) at simulated time. Neither decides a
 trade itself.
 
-One interval of a broker is :func:`interval`; a lender answers a request with :func:`answer`;
-a borrower sorts the hosts it was offered with :func:`screen` and takes the best with
-:func:`choose`.
+One interval of a broker is :func:`interval`; a lender answers a request with :func:`answer`
+(offering the hosts :func:`suited` to its needs); a borrower sorts the hosts it was offered
+with :func:`screen` and takes the best with :func:`choose`. A lender whose policy says so
+advertises idle hosts unasked (:func:`adverts`); a borrower takes an advert when it would ask
+now (:func:`take_advert`).
 
 Effects
 -------
@@ -336,6 +338,54 @@ def choose(fitting: Sequence[Candidate], wanted: int,
                    else "no offered host fits the borrowing policy")
                for o in offers if o not in taken}
     return Choice({k: tuple(v) for k, v in taken.items()}, refused)
+
+
+# ------------------------------------------------------------------------------ adverts
+
+
+@dataclass(frozen=True, slots=True)
+class Advertise:
+    """Offer ``count`` idle hosts to ``peer`` unasked (lender)."""
+
+    peer: str
+    count: int
+
+
+def adverts(policy: DomainPolicy, intent: Intent, peers: Sequence[str], now: float, *,
+            available: int, pending: int = 0) -> tuple[Advertise, ...]:
+    """What a lender advertises when its lending policy says so (``lending.advertise``) and
+    its interval found nodes to lend (``intent`` LEND): the idle hosts it may lend now, less
+    those already offered (``pending``), to the first of ``peers`` its policy trusts. The
+    caller leaves out peers with a proposal open or resting after a refusal, so the next
+    advert goes to the next peer."""
+    if not policy.lending.advertise or intent.action is not Action.LEND:
+        return ()
+    count = min(intent.nodes - pending, available)
+    if count <= 0:
+        return ()
+    for peer in peers:
+        if policy.lending.allows_peer(peer):
+            return (Advertise(peer, count),)
+    return ()
+
+
+def take_advert(policy: DomainPolicy, state: DomainState, candidates: Sequence[Candidate],
+                now: float, *, asking: bool = False) -> Choice:
+    """A borrower's answer to hosts advertised unasked: taken without asking when its own
+    interval would ask for nodes now (as many as it would ask for, by :func:`screen` and
+    :func:`choose`), else refused, saying why."""
+    offers = list(dict.fromkeys(c.offer for c in candidates))
+    if asking:
+        return Choice({}, {o: "a request of ours is open" for o in offers})
+    intent = policy.intent(state, now)
+    if intent.action is not Action.BORROW or intent.nodes <= 0:
+        return Choice({}, {o: f"no need now ({intent.action.value})" for o in offers})
+    fitting, turned = screen(policy, candidates, state.borrowed, now)
+    if not fitting:
+        why = turned[0][1] if turned else "no host advertised"
+        return Choice({}, {o: f"no advertised host fits the borrowing policy ({why})"
+                           for o in offers})
+    return choose(fitting, intent.nodes, offers, policy.borrowing.location.co_located)
 
 
 # ------------------------------------------------------------------------------ the peer's word

@@ -20,6 +20,8 @@ class LendingPolicy:
     windows:       times of day when lending is allowed (empty: always).
     min_free_disk_gb: a loan whose host has less free disk (where the COWs go) is taken
                    back (None: disk not watched).
+    advertise:     offer idle nodes to trusted peers unasked (an advert), each interval
+                   that finds nodes to lend.
     """
 
     enabled: bool = True
@@ -29,6 +31,7 @@ class LendingPolicy:
     peers: frozenset[str] | None = None
     windows: tuple[TimeWindow, ...] = field(default=())
     min_free_disk_gb: int | None = None
+    advertise: bool = False
 
     def allows_peer(self, peer: str) -> bool:
         return self.peers is None or peer in self.peers

@@ -146,6 +146,7 @@ def parse_policy(data: Any, source: str = "policy") -> DomainPolicy:
         "peers": _Key(r.peers),
         "windows": _Key(r.windows),
         "min_free_disk_gb": _Key(cap),
+        "advertise": _Key(r.flag),
     }
     require_keys = {
         "cpus": _Key(r.positive),

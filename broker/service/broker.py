@@ -41,7 +41,7 @@ from broker.negotiation.messages import (
     from_dict,
     new_id,
 )
-from broker.policy import HostProperties, Loan, Requirements
+from broker.policy import Action, HostProperties, Intent, Loan, Requirements
 from broker.policy import Terms as PolicyTerms
 from broker.policy.reclamation import Mode
 from broker.provisioning import Executor
@@ -202,7 +202,8 @@ class Broker:
         """Answer one authenticated, validated message: (HTTP status, JSON body)."""
         self.peer_seen[m.sender] = self.peer_heard[m.sender] = self.clock()
         handler = {
-            Request: self.on_request, Accept: self.on_accept, Decline: self.on_decline,
+            Request: self.on_request, Offer: self.on_advert, Accept: self.on_accept,
+            Decline: self.on_decline,
             Reclaim: self.on_reclaim, Return: self.on_return, Heartbeat: self.on_heartbeat,
         }.get(type(m))
         if handler is None:
@@ -278,6 +279,84 @@ class Broker:
         log.info("offered %s to %s (contract %s)", ", ".join(o.name for o in offers), m.sender, c.id)
         return 200, {"reply": self._msg(Offer, m.sender, contract_id=c.id, hosts=c.offered,
                                         terms=terms).to_dict()}
+
+    async def on_advert(self, m: Offer) -> tuple[int, dict[str, Any]]:
+        """Hosts a lender offers unasked (an advert): taken without asking when our own
+        interval would ask for nodes now (:func:`trade.take_advert`), else refused; either
+        way the answer says which."""
+        if self.store.get(m.contract_id) is not None:
+            return 409, {"error": f"contract id {m.contract_id} is taken; advertise under a new "
+                         "one", "code": "id_taken"}
+        now = self.clock()
+        snap = await self._snapshot()
+        asking = any(c.role is Role.BORROWER and c.state in (S.PROPOSED, S.AGREED, S.PROVISIONING)
+                     for c in self.store.contracts(open_only=True))
+        choice = trade.take_advert(self.policy, snap.domain_state(),
+                                   self._candidates(m.contract_id, m.sender, m), now,
+                                   asking=asking)
+        hosts: list[HostOffer] = [cand.ref for cand in choice.taken.get(m.contract_id, ())]
+        if not hosts:
+            why = choice.refused.get(m.contract_id, "nothing taken")
+            log.info("advert %s of %s not taken: %s", m.contract_id, m.sender, why)
+            return 200, {"state": "declined", "reason": why}
+        c, t = Contract.propose(m.contract_id, Role.BORROWER, self.config.domain, m.sender,
+                                len(hosts), Needs(**self.config.needs), m.terms, now)
+        self.store.create(c, t)
+        self._count_contracts()
+        log.info("taking %s advertised by %s (contract %s)", ", ".join(h.name for h in hosts),
+                 m.sender, c.id)
+        taken = await self._take(m.sender, c, m, hosts)
+        if taken is None:
+            got = self.store.get(c.id)
+            return 200, {"state": "declined",
+                         "reason": got.reason if got is not None else "not taken"}
+        return 200, {"state": taken.state.value, "hosts": [h for h, _n in taken.nodes]}
+
+    async def advertise(self, snap: Snapshot, intent: Intent, now: float) -> None:
+        """Offer idle hosts unasked to a trusted peer (:func:`trade.adverts`): the proposal is
+        kept as a lender contract, as an answered request's, until it is accepted, refused or
+        expires."""
+        open_ = [c for c in self.store.contracts(open_only=True) if c.role is Role.LENDER]
+        proposing = {c.borrower for c in open_ if c.state is S.PROPOSED}
+        peers = [p for p in sorted(self.config.peers)
+                 if p not in proposing and now >= self.quiet_until.get(f"advert:{p}", 0.0)]
+        if not peers:
+            return
+        reserved = {h for c in open_
+                    for h in ([o.name for o in c.offered] if c.state is S.PROPOSED else c.host_names)}
+        pending = sum(len(c.offered) for c in open_ if c.state is S.PROPOSED)
+        idle = {n.name: n for n in snap.idle_physical}
+        hosts = [h for h in self.config.lending_hosts if h.node in idle and h.node not in reserved]
+        for ad in trade.adverts(self.policy, intent, peers, now, available=len(hosts),
+                                pending=pending):
+            measured = []
+            for h in hosts[:ad.count]:
+                node = idle[h.node]
+                memory = node.memory_mb
+                if node.free_memory_mb is not None:
+                    memory = min(memory, node.free_memory_mb) if memory else node.free_memory_mb
+                measured.append(asyncio.to_thread(measure_host, h, node.cpus, memory,
+                                                  self.config.site, ad.peer))
+            offered = tuple(await asyncio.gather(*measured))
+            terms = _wire_terms(self.policy.reclamation.terms)
+            c, t = Contract.propose(new_id(self.config.domain), Role.LENDER, ad.peer,
+                                    self.config.domain, len(offered), Needs(), terms, now)
+            c = replace(c, offered=offered)
+            self.store.create(c, t)
+            self._count_contracts()
+            log.info("advertising %s to %s (contract %s)", ", ".join(o.name for o in offered),
+                     ad.peer, c.id)
+            reply = await self._send(ad.peer, self._msg(Offer, ad.peer, contract_id=c.id,
+                                                        hosts=offered, terms=terms))
+            if reply.ok and reply.body.get("state") in ("agreed", "provisioning", "active"):
+                continue  # its accept has come (or comes) to on_accept
+            why = reply.body.get("reason") if reply.ok else reply.error
+            why = why if isinstance(why, str) else "no answer"
+            self.quiet_until[f"advert:{ad.peer}"] = now + trade.rest_after_decline(
+                self.config.interval_s)
+            current = self.store.get(c.id)
+            if current is not None and current.state is S.PROPOSED:
+                self._drop_proposal(current, f"{ad.peer} did not take the advert: {why[:200]}")
 
     async def on_accept(self, m: Accept) -> tuple[int, dict[str, Any]]:
         c = self._own(m.contract_id, Role.LENDER, m.sender)
@@ -460,15 +539,7 @@ class Broker:
                 self.quiet_until[name] = now + trade.rest_after_decline(self.config.interval_s)
                 continue
             offers[c.id] = offer
-            # a host whose RTT its lender could not measure fails a maximum-RTT rule
-            candidates.extend(
-                trade.Candidate(c.id, HostProperties(
-                                    h.cpus, h.memory_mb, h.disk_gb,
-                                    h.rtt_ms if h.rtt_ms is not None else math.inf, h.site),
-                                _policy_terms(offer.terms),
-                                (h.rtt_ms if h.rtt_ms is not None else 1e9, -h.cpus, -h.memory_mb),
-                                ref=h, peer=name)
-                for h in offer.hosts)
+            candidates.extend(self._candidates(c.id, name, offer))
         fitting, turned = trade.screen(self.policy, candidates, borrowed, now)
         for cand, why in turned:
             log.info("turned away %s of %s: %s", cand.ref.name, offers[str(cand.offer)].sender, why)
@@ -492,38 +563,59 @@ class Broker:
                 self._drop_proposal(c, why)
                 await self._send(name, self._msg(Decline, name, contract_id=c.id, reason=why))
                 continue
-            if pool is not None:
-                free = pool.free(self.store.addresses_in_use())
-                if free < len(hosts):
-                    log.warning("contract %s: the VM address pool %s has %d free address(es) "
-                                "for %d host(s); taking %d", c.id, pool, free, len(hosts), free)
-                    hosts = hosts[:max(free, 0)]
-                if not hosts:
-                    why = f"no free address in the VM address pool {pool}"
-                    self._drop_proposal(c, why)
-                    await self._send(name, self._msg(Decline, name, contract_id=c.id, reason=why))
-                    continue
-            nodes = tuple((h.name, vm_node_name(self.config.domain, c.id, i)) for i, h in enumerate(hosts))
-            with self.store.transaction():  # the VMs' addresses are taken with the agreement
-                addresses: tuple[tuple[str, str], ...] = ()
-                if pool is not None:
-                    ips = pool.allocate(len(nodes), self.store.addresses_in_use())
-                    addresses = tuple(zip((n for _h, n in nodes), ips))
-                c = self._advance(c, S.AGREED, f"accepting {', '.join(h.name for h in hosts)} from {name}",
-                                  offered=offer.hosts, terms=offer.terms, nodes=nodes,
-                                  addresses=addresses)
-            if addresses:
-                log.info("contract %s: VM addresses %s", c.id,
-                         ", ".join(f"{n} {a}" for n, a in addresses))
-            reply = await self._send(name, self._msg(Accept, name, contract_id=c.id,
-                                                     hosts=tuple(h.name for h in hosts)))
-            if not reply.ok:
-                self._advance(c, S.CLOSED, f"{name} refused the acceptance: {reply.error}")
-                continue
-            agreed.append(c)
-            self.busy.add(c.id)
-            self._spawn(self.provision(c))
+            taken = await self._take(name, c, offer, hosts)
+            if taken is not None:
+                agreed.append(taken)
         return agreed
+
+    async def _take(self, name: str, c: Contract, offer: Offer,
+                    hosts: list[HostOffer]) -> Contract | None:
+        """Agree on ``hosts`` of ``offer`` (with a VM address each, from the pool), tell the
+        lender (``accept``) and provision; None when it came to nothing."""
+        pool = self.config.vm_pool
+        if pool is not None:
+            free = pool.free(self.store.addresses_in_use())
+            if free < len(hosts):
+                log.warning("contract %s: the VM address pool %s has %d free address(es) "
+                            "for %d host(s); taking %d", c.id, pool, free, len(hosts), free)
+                hosts = hosts[:max(free, 0)]
+            if not hosts:
+                why = f"no free address in the VM address pool {pool}"
+                self._drop_proposal(c, why)
+                await self._send(name, self._msg(Decline, name, contract_id=c.id, reason=why))
+                return None
+        nodes = tuple((h.name, vm_node_name(self.config.domain, c.id, i)) for i, h in enumerate(hosts))
+        with self.store.transaction():  # the VMs' addresses are taken with the agreement
+            addresses: tuple[tuple[str, str], ...] = ()
+            if pool is not None:
+                ips = pool.allocate(len(nodes), self.store.addresses_in_use())
+                addresses = tuple(zip((n for _h, n in nodes), ips))
+            c = self._advance(c, S.AGREED, f"accepting {', '.join(h.name for h in hosts)} from {name}",
+                              offered=offer.hosts, terms=offer.terms, nodes=nodes,
+                              addresses=addresses)
+        if addresses:
+            log.info("contract %s: VM addresses %s", c.id,
+                     ", ".join(f"{n} {a}" for n, a in addresses))
+        reply = await self._send(name, self._msg(Accept, name, contract_id=c.id,
+                                                 hosts=tuple(h.name for h in hosts)))
+        if not reply.ok:
+            self._advance(c, S.CLOSED, f"{name} refused the acceptance: {reply.error}")
+            return None
+        self.busy.add(c.id)
+        self._spawn(self.provision(c))
+        return c
+
+    @staticmethod
+    def _candidates(cid: str, lender: str, offer: Offer) -> list[trade.Candidate]:
+        """The hosts of an offer as the trade core sees them (a host whose RTT its lender
+        could not measure fails a maximum-RTT rule, and ranks last)."""
+        return [trade.Candidate(cid, HostProperties(
+                                    h.cpus, h.memory_mb, h.disk_gb,
+                                    h.rtt_ms if h.rtt_ms is not None else math.inf, h.site),
+                                _policy_terms(offer.terms),
+                                (h.rtt_ms if h.rtt_ms is not None else 1e9, -h.cpus, -h.memory_mb),
+                                ref=h, peer=lender)
+                for h in offer.hosts]
 
     @staticmethod
     def _reply_message(reply: Reply) -> Message | None:
@@ -720,6 +812,8 @@ class Broker:
                 self._spawn(self.give_back(held[str(e.holding)], e.reason))
             elif isinstance(e, trade.Ask):
                 await self.borrow(e.nodes, state.borrowed)
+        if r.intent.action is Action.LEND and self.policy.lending.advertise:
+            await self.advertise(snap, r.intent, now)
         for peer in self.config.peers:
             await self.heartbeat(peer, idle_every=max(5 * self.config.interval_s, 10.0))
         self._compact(now)

@@ -68,7 +68,7 @@ def test_a_wrong_value_says_what_was_given_and_what_is_expected():
 def test_a_wrong_kind_is_named_by_kind_and_the_message_stays_one_short_line():
     assert _policy_error({"lending": [1] * 10_000}) == (
         "p.yml: lending: got a list; expected a mapping with keys enabled, fraction_idle, "
-        "min_reserve, max_lent, peers, windows, min_free_disk_gb")
+        "min_reserve, max_lent, peers, windows, min_free_disk_gb, advertise")
     assert _message_error(lambda r: r.update(terms="x" * 10_000)).startswith(
         "request.terms: got 'xxxxxxxx")
     assert show(10**5000) == "an integer of thousands of digits"

@@ -278,3 +278,31 @@ def test_a_loan_whose_host_runs_short_of_disk_is_taken_back():
     assert trade.endings(p, [], [draining], 100) == (TakeBack("d", "free disk 1 GB < 5 GB"),)
     # not watched without a threshold
     assert trade.interval(policy(), calm, 100, lent=[short]).effects == ()
+
+
+# -- adverts -------------------------------------------------------------------------------
+def test_a_lender_advertises_only_when_its_policy_says_so_to_a_trusted_peer():
+    from broker.policy import Intent, Action
+    lend = Intent(Action.LEND, 4)
+    quiet = policy()
+    assert trade.adverts(quiet, lend, ["a"], 0, available=8) == ()
+    loud = policy(lending=LendingPolicy(advertise=True, peers=frozenset({"c"})))
+    assert trade.adverts(loud, lend, ["a", "c"], 0, available=8) == (trade.Advertise("c", 4),)
+    assert trade.adverts(loud, lend, ["a", "c"], 0, available=2) == (trade.Advertise("c", 2),)
+    assert trade.adverts(loud, lend, ["a", "c"], 0, available=8, pending=4) == ()
+    assert trade.adverts(loud, lend, ["a"], 0, available=8) == ()  # "a" is not trusted
+    assert trade.adverts(loud, Intent(Action.HOLD), ["c"], 0, available=8) == ()
+
+
+def test_a_borrower_takes_an_advert_only_when_it_would_ask_now():
+    short = DomainState(physical=2, waiting_nodes=3, running_nodes=2, busy_physical=2)
+    three = Candidate("ad", HostProperties(), Terms(), (0,), count=5)
+    taken = trade.take_advert(policy(), short, [three], 0)
+    assert taken.taken == {"ad": (Candidate("ad", HostProperties(), Terms(), (0,), count=3),)}
+    assert trade.take_advert(policy(), short, [three], 0, asking=True).refused == \
+        {"ad": "a request of ours is open"}
+    calm = DomainState(physical=4, running_nodes=4, busy_physical=4)
+    assert trade.take_advert(policy(), calm, [three], 0).refused == {"ad": "no need now (hold)"}
+    picky = policy(borrowing=BorrowingPolicy(require=Requirements(cpus=4)))
+    assert trade.take_advert(picky, short, [three], 0).refused == \
+        {"ad": "no advertised host fits the borrowing policy (cpus 1 < required 4)"}
