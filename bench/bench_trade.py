@@ -12,9 +12,10 @@ process:
   reclaim -> VM gone       B's reclaim until the VM's process is gone from B's host
   reclaim -> closed        B's reclaim until its contract is closed (reclaim.yml included)
 
-Run as root: python bench/bench_trade.py [--rounds 3] [--site] [--borrower a --lender b]
-The pair is any two domains of the lab, each on Slurm or OpenPBS (--borrower c --lender b: the
-PBS domain borrows from a Slurm domain; --borrower b --lender c: the reverse). The lab is
+Run as root: python bench/bench_trade.py [-i INVENTORY] [--rounds 3] [--site] [--borrower a --lender b]
+The pair is any two domains of the lab, each on Slurm or OpenPBS (-i inventories/lab-pbs
+--borrower c --lender b: the PBS domain borrows from a Slurm domain; --borrower b --lender c:
+the reverse). The lab is
 brought up when it is down (and site.yml is then run); it is left up.
 """
 
@@ -43,6 +44,8 @@ KEYS = ("ask_to_agreed_s", "agreed_to_idle_s", "reclaim_to_requeued_s", "reclaim
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-i", "--inventory", type=Path, default=REPO / "inventories" / "lab",
+                   help="lab inventory (default inventories/lab; inventories/lab-pbs for the PBS domain c)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--site", action="store_true", help="run site.yml before the first round")
     p.add_argument("--job-seconds", type=int, default=8)
@@ -57,7 +60,7 @@ def main() -> int:
     rounds: list[dict] = []
     try:
         for i in range(args.rounds):
-            settings = DemoSettings(inventory=REPO / "inventories" / "lab", out=args.out / f"round{i + 1}",
+            settings = DemoSettings(inventory=args.inventory, out=args.out / f"round{i + 1}",
                                     jobs_a=10, jobs_b=3, job_seconds=args.job_seconds,
                                     run_site=(i == 0 and (args.site or not lab_was_up)),
                                     borrower=args.borrower, lender=args.lender)

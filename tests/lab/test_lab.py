@@ -54,7 +54,8 @@ def ssh(plan: labhosts.Plan, host: str, command: str, timeout: float = 60) -> st
     return proc.stdout
 
 
-def run_site(tmp_path: Path, ident: str, dry_run: bool = False) -> ansible_runner.Runner:
+def run_site(tmp_path: Path, ident: str, dry_run: bool = False,
+             inventory: Path = INVENTORY) -> ansible_runner.Runner:
     """site.yml on the lab (``dry_run``: ``--check --diff``); fails the test when it fails."""
     # A directory per run: ansible-runner keeps a run's cmdline (--check) in env/cmdline of its
     # private data directory and reuses it for the next run there.
@@ -67,7 +68,7 @@ def run_site(tmp_path: Path, ident: str, dry_run: bool = False) -> ansible_runne
         private_data_dir=str(private),
         project_dir=str(REPO),
         playbook="playbooks/site.yml",
-        inventory=str(INVENTORY),
+        inventory=str(inventory),
         envvars={"ANSIBLE_CONFIG": str(REPO / "ansible.cfg")},
         ident=ident,
         quiet=True,
@@ -190,33 +191,6 @@ def test_demo_trades_a_machine(site, tmp_path) -> None:
         assert result["requeued"] and set(result["requeued"].values()) <= {"a-node1", "a-node2"}
         for key, secs in result["figures"].items():
             print(f"demo {attempt}: {key:24} {secs if secs is None else round(secs, 2)}")
-
-
-# A mixed federation: domain c runs OpenPBS beside the Slurm domains; c and b trade both ways.
-@pytest.mark.parametrize("borrower, lender", [("c", "b"), ("b", "c")],
-                         ids=["pbs-borrows-from-slurm", "slurm-borrows-from-pbs"])
-def test_pbs_and_slurm_domains_trade_both_ways(site, tmp_path, borrower: str, lender: str) -> None:
-    """The demo's trade between the PBS domain c and the Slurm domain b, each way: the
-    borrower's job runs on the VM booted on the lender's host (a pbs-node VM whose MoM joins c's
-    PBS server, or a node VM whose slurmd joins b's Slurm), and the lender's reclaim requeues the
-    job on it, which then finishes on the borrower's own nodes."""
-    from broker.lab.demo import DemoSettings, demo
-
-    plan = site["plan"]
-    if not {"c-head", "b-head"} <= {h.name for h in plan.hosts}:
-        pytest.skip("the lab's inventory has no PBS domain c beside b")
-    started = time.monotonic()
-    result = demo(DemoSettings(inventory=INVENTORY, out=tmp_path / "demo", run_site=False,
-                               borrower=borrower, lender=lender),
-                  up=labcli.up, build_wheels=labcli.build_wheels)
-    site["times"][f"demo {borrower} borrows from {lender}"] = time.monotonic() - started
-    assert result["schedulers"] == {"b": "slurm", "c": "pbs"}
-    assert result["problems"] == []
-    assert result["jobs_on_borrowed"], result
-    assert result["requeued"] and set(result["requeued"].values()) <= {
-        f"{borrower}-node1", f"{borrower}-node2"}
-    for key, secs in result["figures"].items():
-        print(f"demo {borrower} from {lender}: {key:24} {secs if secs is None else round(secs, 2)}")
 
 
 def test_sweep_runs_as_a_job_array_on_the_lab(site, tmp_path) -> None:

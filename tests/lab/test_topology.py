@@ -25,22 +25,35 @@ def lab_inventory() -> dict:
     return json.loads(out)
 
 
-def test_lab_inventory_plans_three_domains_behind_a_router(lab_inventory: dict) -> None:
-    plan = topology.plan_from_inventory(lab_inventory, rootfs="/nonexistent")
-    assert [b.name for b in plan.bridges] == ["vlabbr-a", "vlabbr-b", "vlabbr-c"]
-    assert all(b.netns == topology.ROUTER_NETNS for b in plan.bridges)
-    assert [b.address for b in plan.bridges] == ["10.203.1.1/24", "10.203.2.1/24", "10.203.3.1/24"]
+def test_pbs_lab_inventory_plans_a_slurm_and_a_pbs_domain_behind_a_router() -> None:
+    exe = Path(sys.executable).parent / "ansible-inventory"
+    out = subprocess.run([str(exe), "-i", str(REPO / "inventories" / "lab-pbs"), "--list"],
+                         capture_output=True, text=True, check=True).stdout
+    plan = topology.plan_from_inventory(json.loads(out), rootfs="/nonexistent")
+    assert [b.name for b in plan.bridges] == ["vlabbr-b", "vlabbr-c"]
     assert sorted(h.name for h in plan.hosts) == [
-        "a-head", "a-node1", "a-node2", "b-head", "b-node1", "b-node2",
-        "c-head", "c-node1", "c-node2"]
+        "b-head", "b-node1", "b-node2", "c-head", "c-node1", "c-node2"]
+    assert sorted(plan.links[0].routes_a) == [("10.203.2.0/24", "10.203.0.2"),
+                                              ("10.203.3.0/24", "10.203.0.2")]
+    hostvars = json.loads(out)["_meta"]["hostvars"]
+    assert hostvars["c-head"]["viocluster_scheduler"] == "pbs"
+    assert hostvars["b-head"]["viocluster_peers"] == ["c"]
+
+
+def test_lab_inventory_plans_two_domains_behind_a_router(lab_inventory: dict) -> None:
+    plan = topology.plan_from_inventory(lab_inventory, rootfs="/nonexistent")
+    assert [b.name for b in plan.bridges] == ["vlabbr-a", "vlabbr-b"]
+    assert all(b.netns == topology.ROUTER_NETNS for b in plan.bridges)
+    assert [b.address for b in plan.bridges] == ["10.203.1.1/24", "10.203.2.1/24"]
+    assert sorted(h.name for h in plan.hosts) == [
+        "a-head", "a-node1", "a-node2", "b-head", "b-node1", "b-node2"]
     assert all(h.machine == f"vlab-{h.name}" for h in plan.hosts)
     assert all(len(h.port) <= 15 for h in plan.hosts)
     a_node = next(h for h in plan.hosts if h.name == "a-node1")
     assert (a_node.address, a_node.gateway) == ("10.203.1.11/24", "10.203.1.1")
-    # the control node reaches every physical network through the router
+    # the control node reaches both physical networks through the router
     assert sorted(plan.links[0].routes_a) == [("10.203.1.0/24", "10.203.0.2"),
-                                              ("10.203.2.0/24", "10.203.0.2"),
-                                              ("10.203.3.0/24", "10.203.0.2")]
+                                              ("10.203.2.0/24", "10.203.0.2")]
     # one shared directory per domain, at the same path on every host of it
     homes = {h.name: h.binds[0].source for h in plan.hosts}
     assert homes["a-head"] == homes["a-node2"] != homes["b-head"]
