@@ -21,7 +21,10 @@ import json
 import math
 import re
 from collections.abc import Collection, Iterable
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from broker.errors import UserError
 
@@ -195,3 +198,26 @@ class Reader:
         if not isinstance(raw, str) or raw not in choices:
             raise self.wrong(path, raw, f"one of {', '.join(choices)}")
         return raw
+
+
+def read_yaml_file(path: Path, what: str, hint: str, shape: str,
+                   error: type[UserError]) -> Any:
+    """The parsed YAML of a file a person wrote (``what``: "policy file", ...), or ``error``
+    with one line: missing (then ``hint``, what to give instead), unreadable, not YAML (where,
+    and ``shape``, what the file must be), or a number Python will not read."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{what} {path} not found (no such file); {hint}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{what} {path} cannot be read: {exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise error(f"{what} {path} is not valid YAML{where}: {problem}; {shape}") from None
+    except ValueError:  # Python reads no integer of more than 4300 digits
+        raise error(f"{what} {path}: a number in it has thousands of digits; no setting "
+                    "takes one that large") from None

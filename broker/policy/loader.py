@@ -14,10 +14,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
-
 from broker.errors import ConfigError
-from broker.validation import Reader
+from broker.validation import Reader, read_yaml_file
 from broker.negotiation.messages import MAX_LEASE_S
 from broker.policy.borrowing import BorrowingPolicy
 from broker.policy.domain import DomainPolicy
@@ -205,18 +203,7 @@ def parse_policy(data: Any, source: str = "policy") -> DomainPolicy:
 def load_policy(path: str | Path) -> DomainPolicy:
     """Read and validate a policy file; ConfigError (one line) on any problem."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"policy file {path} not found; give the path of a YAML policy "
-                          "(see docs/examples/policy.yml)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"policy file {path} cannot be read: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ConfigError(f"{where}: {problem}; the policy must be a YAML mapping") from None
+    data = read_yaml_file(path, "policy file", "give the path of a YAML policy (see "
+                          "docs/examples/policy.yml)", "the policy must be a YAML mapping",
+                          ConfigError)
     return parse_policy(data, str(path))

@@ -13,10 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from broker.errors import ConfigError
-from broker.validation import Reader, show
+from broker.validation import Reader, show, read_yaml_file
 from broker.policy import DomainPolicy, load_policy, parse_policy
 from broker.service.addresses import AddressPool, PoolError
 from broker.service.ratelimit import RateLimit
@@ -185,19 +183,8 @@ def load_config(path: Path | str) -> BrokerConfig:
     """Read and check the broker config at ``path``."""
     path = Path(path)
     source = str(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: no such file; pass the broker's config with --config") from None
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    except ValueError:  # Python reads no integer of more than 4300 digits
-        raise ConfigError(f"{source}: a number in it has thousands of digits; no setting "
-                          "takes one that large") from None
+    raw = read_yaml_file(path, "broker config", "pass the broker's config with --config",
+                         "the config must be a YAML mapping", ConfigError)
     return parse_config(raw, source, path.parent)
 
 

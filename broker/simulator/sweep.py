@@ -42,8 +42,9 @@ import yaml
 
 from broker.errors import UserError
 from broker.policy import DomainPolicy
-from broker.policy.loader import load_policy, parse_policy
+from broker.policy.loader import parse_policy
 from broker.simulator.engine import SimConfig
+from broker.validation import read_yaml_file
 
 GRID_KEYS = ("policies", "scenarios", "seeds", "traces", "settings")
 SCENARIO_KINDS = ("preset", "domains", "generated")
@@ -173,8 +174,10 @@ def _policy(source: str, base: Path, name: str, value: Any) -> Any:
             raise _fail(source, where, f"policy file {path} not found; give a policy file's "
                         "path (relative to the grid file) or an inline mapping such as "
                         "{reclamation: {mode: drain}}")
-        load_policy(path)  # its own errors name the file and key
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = read_yaml_file(path, "policy file", "give a policy file's path (relative to "
+                              "the grid file)", "the policy must be a YAML mapping", GridError)
+        parse_policy(data, str(path))  # its own errors name the file and key
+        return data or {}
     if value is None:
         value = {}
     if not isinstance(value, dict):
@@ -271,21 +274,9 @@ def parse_grid(data: Any, source: str = "grid", base: Path | None = None) -> Gri
 
 def load_grid(path: str | Path) -> Grid:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise GridError(f"grid file {path} not found; give the path of a YAML grid "
-                        "(docs/simulator.md, Sweeps, has an example)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GridError(f"grid file {path} cannot be read: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise GridError(f"{where}: {problem}; the grid must be a YAML mapping with policies "
-                        "and scenarios") from None
+    data = read_yaml_file(path, "grid file", "give the path of a YAML grid "
+                          "(docs/simulator.md, Sweeps, has an example)",
+                          "the grid must be a YAML mapping with policies and scenarios", GridError)
     return parse_grid(data, str(path), path.resolve().parent)
 
 

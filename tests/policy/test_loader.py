@@ -76,8 +76,13 @@ def test_missing_and_invalid_yaml_files(tmp_path):
         load_policy(tmp_path / "absent.yml")
     bad = tmp_path / "bad.yml"
     bad.write_text("lending:\n  fraction_idle: [0.5\n")
-    with pytest.raises(ConfigError, match=r"bad.yml:\d+"):
+    with pytest.raises(ConfigError, match=r"bad.yml is not valid YAML at line \d+"):
         load_policy(bad)
+    # Python reads no integer of more than 4300 digits: one line, not a traceback
+    huge = tmp_path / "huge.yml"
+    huge.write_text("lending:\n  min_reserve: " + "9" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="huge.yml: a number in it has thousands of digits"):
+        load_policy(huge)
 
 
 def test_drain_deadline():
