@@ -62,6 +62,13 @@ class _Reader(Reader):
                            expected=f"a number of seconds from 0 to {MAX_LEASE_S:.0f}, "
                                     "or null (no deadline)")
 
+    def job_cap(self, path: str, v: Any) -> float | None:
+        if v is None:
+            return None
+        return self.number(v, path, 0, MAX_LEASE_S, above=True,
+                           expected=f"a number of seconds > 0 and at most {MAX_LEASE_S:.0f}, "
+                                    "or null (no cap)")
+
     def rtt(self, path: str, v: Any) -> float | None:
         if v is None:
             return None
@@ -179,6 +186,7 @@ def parse_policy(data: Any, source: str = "policy") -> DomainPolicy:
         "lease_s": _Key(r.seconds),
         "per_interval": _Key(r.positive),
         "drain_deadline_s": _Key(r.deadline),
+        "max_job_s": _Key(r.job_cap),
     }
     top_keys = {
         "timezone": _Key(r.timezone),

@@ -11,6 +11,11 @@ Modes:
   still running a job that long after it began to drain is taken back at once, its job
   requeued.
 - ``gradual``: like immediate, but at most ``per_interval`` nodes per broker interval.
+
+Whatever the mode, ``max_job_s`` (when set) caps the length of the borrower's jobs a loan may
+run, as the lender's borrowed partition would enforce it with Slurm's ``MaxTime``: a job starts
+on the loan's nodes only if its requested time is at most ``max_job_s``. A drained node then
+comes back within ``max_job_s`` (plus any overrun of the job's request) at worst.
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ class Terms:
     lease_s: float = 3600.0
     per_interval: int = 1
     drain_deadline_s: float | None = None  # under drain: longest wait for a job (None: none)
+    max_job_s: float | None = None  # longest requested time of a job on the loan (None: any)
+
+    def admits(self, requested_s: float) -> bool:
+        """Whether a borrower's job requesting ``requested_s`` seconds may run on the loan."""
+        return self.max_job_s is None or requested_s <= self.max_job_s
 
 
 @dataclass(frozen=True, slots=True)

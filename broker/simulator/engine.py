@@ -69,9 +69,10 @@ class SimConfig:
 
 class VM:
     __slots__ = ("id", "lender", "borrower", "state", "job", "started", "busy_since", "loan",
-                 "draining_since")
+                 "draining_since", "cap")
 
-    def __init__(self, vid: int, lender: int, borrower: int, started: float) -> None:
+    def __init__(self, vid: int, lender: int, borrower: int, started: float,
+                 cap: float = INF) -> None:
         self.id = vid
         self.lender = lender
         self.borrower = borrower
@@ -81,6 +82,7 @@ class VM:
         self.busy_since = -1.0
         self.loan: Loan | None = None  # Simulation._loan's record, until the VM's job changes
         self.draining_since = -1.0  # when its lender began to drain it (-1: not draining)
+        self.cap = cap  # longest estimate of a job it may run (the lender's max_job_s)
 
 
 @dataclass(slots=True)
@@ -208,6 +210,10 @@ class Simulation:
         self.finished = 0
         self.on_check: Callable[[Simulation], None] | None = None
         self.log: list[tuple] | None = [] if config.check_invariants else None
+        # the lenders' caps on the length of a borrower's job on their nodes (max_job_s)
+        self.caps = [INF if p.reclamation.terms.max_job_s is None
+                     else p.reclamation.terms.max_job_s for p in policies]
+        self.capped = any(c < INF for c in self.caps)
 
     # -- event helpers ------------------------------------------------------------------
     def push(self, t: float, kind: int, dom: int, a: object, b: int = 0) -> None:
@@ -227,11 +233,27 @@ class Simulation:
         if self.log is not None:
             self.log.append((now, LOG_START, d.index, j, s, ()))
 
+    def vm_room(self, d: Domain, j: int) -> int:
+        """How many of d's idle VMs job j may run on (its estimate within their lender's cap)."""
+        if not self.capped:
+            return len(d.idle_vms)
+        e = d.est[j]
+        return sum(1 for vm in d.idle_vms if e <= vm.cap)
+
     def start_vms(self, d: Domain, j: int, now: float) -> None:
         s = d.size[j]
         idle = d.idle_vms
-        vms = idle[-s:]
-        del idle[-s:]
+        if self.capped:
+            # the VMs whose cap admits the job, tightest cap first (the roomier ones stay for
+            # longer jobs), then as without caps: the last idle first
+            e = d.est[j]
+            fit = sorted((vm for vm in reversed(idle) if e <= vm.cap), key=lambda v: v.cap)
+            chosen = {vm.id for vm in fit[:s]}
+            vms = [vm for vm in idle if vm.id in chosen]
+            idle[:] = [vm for vm in idle if vm.id not in chosen]
+        else:
+            vms = idle[-s:]
+            del idle[-s:]
         for vm in vms:
             vm.job = j
             vm.busy_since = now
@@ -314,7 +336,7 @@ class Simulation:
         booting = []
         for _ in range(count):
             self.vm_seq += 1
-            vm = VM(self.vm_seq, lender.index, borrower.index, now)
+            vm = VM(self.vm_seq, lender.index, borrower.index, now, self.caps[lender.index])
             borrower.vms[vm.id] = vm
             loans[vm.id] = vm
             booting.append(vm)
@@ -399,7 +421,7 @@ class Simulation:
             elif s <= d.free and s <= d.extra:
                 d.extra -= s
                 self.start_phys(d, j, now)
-            elif s <= len(d.idle_vms):  # as in the full pass: VMs when own nodes may not
+            elif s <= len(d.idle_vms) and s <= self.vm_room(d, j):  # as in the full pass
                 self.start_vms(d, j, now)
             else:
                 continue
@@ -419,7 +441,7 @@ class Simulation:
             s = size[j]
             if s <= d.free:
                 self.start_phys(d, j, now)
-            elif s <= len(d.idle_vms):
+            elif s <= len(d.idle_vms) and s <= self.vm_room(d, j):
                 self.start_vms(d, j, now)
             else:
                 break
@@ -473,7 +495,7 @@ class Simulation:
                         extra -= s
                         self.start_phys(d, j, now)
                         continue
-                if s <= len(idle_vms):
+                if s <= len(idle_vms) and s <= self.vm_room(d, j):
                     self.start_vms(d, j, now)
                     continue
                 rest.append(j)
@@ -496,7 +518,12 @@ class Simulation:
         sz = d.size_np[idx]
         mask = (sz <= d.free) & ((now + d.est_np[idx] <= shadow) | (sz <= extra))
         if idle_vms:
-            mask |= sz <= len(idle_vms)
+            if self.capped:  # idle VMs each job's estimate fits, from the VMs' sorted caps
+                caps = np.sort(np.array([vm.cap for vm in idle_vms], dtype=np.float64))
+                room = len(caps) - np.searchsorted(caps, d.est_np[idx], side="left")
+                mask |= sz <= room
+            else:
+                mask |= sz <= len(idle_vms)
         candidates = np.flatnonzero(mask)
         if not candidates.size:
             d.extra = extra
@@ -518,7 +545,7 @@ class Simulation:
                     self.start_phys(d, j, now)
                     started.add(j)
                     continue
-            if s <= len(idle_vms):
+            if s <= len(idle_vms) and s <= self.vm_room(d, j):
                 self.start_vms(d, j, now)
                 started.add(j)
         d.extra = extra

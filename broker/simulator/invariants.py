@@ -9,6 +9,8 @@ replays that log with its own plain bookkeeping, independent of the engine's, an
 - ``start-before-submit``: no job starts before its submit time;
 - ``job-size``: a job runs on exactly as many nodes as it asks for;
 - ``own-and-borrowed``: no job runs across own and borrowed nodes;
+- ``job-cap``: no job runs on a VM whose lender caps the jobs it runs (``max_job_s``) below
+  the job's estimate (its requested time);
 - ``capacity``: a domain's own nodes busy with its jobs plus those it lent never exceed its
   capacity, and its jobs on VMs never use more VMs than it holds up and idle, so the nodes in
   use never exceed capacity plus borrowed;
@@ -114,6 +116,7 @@ def check_run(result: RunResult, log: Iterable[tuple], config: SimConfig,
     names = [d.name for d in domains]
     n_dom = len(domains)
     cap = [d.capacity for d in domains]
+    job_cap = [d.policy.reclamation.terms.max_job_s for d in domains]
     own_busy = [0] * n_dom  # own nodes running own jobs
     lent = [0] * n_dom  # own nodes lent (VM booting, up or halting)
     busy_s = [0.0] * n_dom  # node-seconds own nodes were busy (own jobs, peers' jobs on VMs)
@@ -184,6 +187,11 @@ def check_run(result: RunResult, log: Iterable[tuple], config: SimConfig,
                     add("vm", t, name, f"job {_id(d, j)} started on VM {vid}, which is {state}")
                 else:
                     vm.job = j
+                    limit = job_cap[vm.lender] if 0 <= vm.lender < n_dom else None
+                    if limit is not None and d.est[j] > limit:
+                        add("job-cap", t, name, f"job {_id(d, j)} (estimate {d.est[j]:.12g} s) "
+                            f"started on VM {vid} of {names[vm.lender]}, which caps jobs at "
+                            f"{limit:.12g} s")
             running[di][j] = (t, a, used)
             runs[di].setdefault(j, []).append((t, "borrowed" if used else "own"))
         elif kind in (LOG_END, LOG_PREEMPT):
