@@ -26,10 +26,10 @@ A peer's word on a contract (its state, in a heartbeat) is followed with :func:`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from broker.negotiation.contracts import ContractState, Role
+from broker.negotiation.contracts import Contract, ContractState, Role
 from broker.policy import (
     Action,
     DomainPolicy,
@@ -273,6 +273,53 @@ def answer(
         return Answer(0, f"no idle lending host meets the request's needs ({unfit})" if unfit
                       else "no idle lending host")
     return Answer(count)
+
+
+def lendable(open_loans: Iterable[Contract], lending_hosts: Sequence[str],
+             idle: Collection[str]) -> tuple[list[str], int]:
+    """Which of the lender's ``lending_hosts`` (scheduler node names) may be offered now: idle,
+    and neither offered in an open proposal nor lent; and how many hosts open proposals offer
+    (``pending`` for :func:`answer` and :func:`adverts`). ``open_loans``: the lender's open
+    contracts."""
+    reserved: set[str] = set()
+    pending = 0
+    for c in open_loans:
+        if c.state is ContractState.PROPOSED:
+            reserved.update(h.name for h in c.offered)
+            pending += len(c.offered)
+        else:
+            reserved.update(c.host_names)
+    return [h for h in lending_hosts if h in idle and h not in reserved], pending
+
+
+@dataclass(frozen=True, slots=True)
+class Acceptance:
+    """The lender's verdict on a borrower's accept: ``ok`` (agree now), ``again`` (already
+    agreed on these hosts: answer as before), or refused with ``code`` and ``error``;
+    ``expired`` when the proposal is to be dropped."""
+
+    ok: bool = False
+    again: bool = False
+    code: str = ""
+    error: str = ""
+    expired: bool = False
+
+
+def acceptance(c: Contract, hosts: Sequence[str], now: float, offer_ttl_s: float) -> Acceptance:
+    """Whether a borrower's accept of ``hosts`` on the lender's contract ``c`` holds."""
+    if c.state is not ContractState.PROPOSED:
+        if c.state is ContractState.AGREED and tuple(c.host_names) == tuple(hosts):
+            return Acceptance(again=True)
+        return Acceptance(code="not_proposed", error=f"contract {c.id} is {c.state.value}, "
+                                                     "not proposed")
+    if now - c.created_at > offer_ttl_s:
+        return Acceptance(code="expired", error=f"offer {c.id} expired; ask again", expired=True)
+    offered = {h.name for h in c.offered}
+    unknown = [h for h in hosts if h not in offered]
+    if unknown:
+        return Acceptance(code="not_offered",
+                          error=f"host(s) {', '.join(unknown)} were not offered in {c.id}")
+    return Acceptance(ok=True)
 
 
 def suited(needs: Requirements, hosts: Sequence[HostProperties]) -> tuple[list[int], str]:

@@ -10,7 +10,7 @@ import asyncio
 from typing import Any
 
 from broker.negotiation.messages import Accept, HostOffer, Offer, Request, Terms
-from broker.service import broker as broker_module
+from broker.service import borrowing as borrowing_module
 from broker.service.client import Reply
 from test_broker_addresses import FakeClient, _broker, _config
 
@@ -39,7 +39,7 @@ def test_with_more_fitting_hosts_than_needed_the_borrower_takes_the_nearest_by_i
         pinged.append(address)
         return measured[address]
 
-    monkeypatch.setattr(broker_module, "ping_ms", stand_in_ping)
+    monkeypatch.setattr(borrowing_module, "ping_ms", stand_in_ping)
     config = _config(tmp_path, pool=None)
 
     async def scenario() -> None:
@@ -55,7 +55,7 @@ def test_with_more_fitting_hosts_than_needed_the_borrower_takes_the_nearest_by_i
 
 
 def test_with_just_enough_fitting_hosts_nothing_is_measured(tmp_path, monkeypatch):
-    monkeypatch.setattr(broker_module, "ping_ms", lambda address: (_ for _ in ()).throw(AssertionError(address)))
+    monkeypatch.setattr(borrowing_module, "ping_ms", lambda address: (_ for _ in ()).throw(AssertionError(address)))
     config = _config(tmp_path, pool=None)
 
     async def scenario() -> None:

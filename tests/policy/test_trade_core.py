@@ -1,6 +1,11 @@
 """The trade core's decisions, as plain function calls: observations in, effects out."""
 
+from dataclasses import replace
+
 from broker.negotiation import trade
+from broker.negotiation.contracts import Contract, ContractState, Role
+from broker.negotiation.messages import HostOffer, Needs
+from broker.negotiation.messages import Terms as WireTerms
 from broker.negotiation.trade import Ask, Candidate, Drain, GiveBack, Holding, TakeBack
 from broker.policy import (
     BorrowingPolicy,
@@ -306,3 +311,41 @@ def test_a_borrower_takes_an_advert_only_when_it_would_ask_now():
     picky = policy(borrowing=BorrowingPolicy(require=Requirements(cpus=4)))
     assert trade.take_advert(picky, short, [three], 0).refused == \
         {"ad": "no advertised host fits the borrowing policy (cpus 1 < required 4)"}
+
+
+# ------------------------------------------------------------------ the lender's books
+
+def _contract(cid: str, state: str, offered=(), hosts=(), created_at: float = 0.0):
+    c, _t = Contract.propose(cid, Role.LENDER, "b", "a", len(offered) or 1, Needs(), WireTerms(),
+                             created_at)
+    offers = tuple(HostOffer(name=h, address=h, account="vcpeerb", cpus=1, memory_mb=512, site="s",
+                             disk_gb=1) for h in offered)
+    c = replace(c, offered=offers)
+    if state != "proposed":
+        c, _t = c.advance(ContractState.AGREED, created_at, "accepted",
+                          nodes=tuple((h, f"b-v{cid}-{i}") for i, h in enumerate(hosts)))
+        if state == "active":
+            c, _t = c.advance(ContractState.PROVISIONING, created_at, "borrow.yml")
+            c, _t = c.advance(ContractState.ACTIVE, created_at, "joined")
+    return c
+
+
+def test_lendable_leaves_out_offered_and_lent_hosts_and_counts_what_proposals_offer():
+    open_loans = [_contract("p", "proposed", offered=("h1", "h2")),
+                  _contract("l", "active", offered=("h3",), hosts=("h3",))]
+    free, pending = trade.lendable(open_loans, ["h1", "h2", "h3", "h4", "h5"], {"h1", "h3", "h4"})
+    assert (free, pending) == (["h4"], 2)  # h5 is busy; h1 offered, h3 lent
+    assert trade.lendable([], ["h1"], set()) == ([], 0)
+
+
+def test_an_accept_holds_only_for_offered_hosts_of_a_live_proposal():
+    c = _contract("p", "proposed", offered=("h1", "h2"), created_at=100.0)
+    assert trade.acceptance(c, ["h2"], 110.0, offer_ttl_s=60).ok
+    late = trade.acceptance(c, ["h2"], 200.0, offer_ttl_s=60)
+    assert (late.ok, late.expired, late.code) == (False, True, "expired")
+    wrong = trade.acceptance(c, ["h9"], 110.0, offer_ttl_s=60)
+    assert (wrong.ok, wrong.code) == (False, "not_offered") and "h9" in wrong.error
+    agreed = _contract("q", "agreed", offered=("h1",), hosts=("h1",))
+    assert trade.acceptance(agreed, ["h1"], 0.0, 60).again  # the same accept again: same answer
+    other = trade.acceptance(agreed, ["h2"], 0.0, 60)
+    assert (other.ok, other.again, other.code) == (False, False, "not_proposed")
