@@ -132,7 +132,7 @@ def test_yaml_errors_give_the_line(tmp_path):
 
 
 def test_a_missing_file_says_to_pass_one(tmp_path):
-    with pytest.raises(ConfigError, match="not found \(no such file\)"):
+    with pytest.raises(ConfigError, match=r"not found \(no such file\)"):
         load_config(tmp_path / "nope.yml")
 
 
