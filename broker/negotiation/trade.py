@@ -13,6 +13,12 @@ with :func:`screen` and takes the best with :func:`choose`. A lender whose polic
 advertises idle hosts unasked (:func:`adverts`); a borrower takes an advert when it would ask
 now (:func:`take_advert`).
 
+A lender may cap the requested time of the borrower's jobs its loans run
+(``reclamation.max_job_s``, in its terms). A borrower that observes its waiting work by
+requested time (:class:`Waiting`) takes from such an offer no more nodes than its waiting jobs
+that fit the cap need (:func:`choose`), and gives back an idle holding whose cap no waiting job
+fits (:func:`decide`). Without that observation (``waiting`` None) caps play no part here.
+
 Effects
 -------
 ``Ask(nodes)``                ask peers for ``nodes`` machines (borrower).
@@ -61,6 +67,26 @@ class Holding:
     id: Hashable
     nodes: int = 1
     idle: bool = True
+    cap: float | None = None  # the lender's cap on the requested time of a job (max_job_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """The borrower's waiting work by requested time, as a lender's cap on its loans' jobs
+    (``reclamation.max_job_s``) sees it.
+
+    within: ``within(cap)`` is how many nodes the waiting jobs need whose requested time is at
+            most ``cap`` seconds (the jobs a loan under that cap may run).
+    spare:  borrowed machines held that run no job yet (idle or booting): a fitting job takes
+            them before any new loan.
+    """
+
+    within: Callable[[float], int]
+    spare: int = 0
+
+    def room(self, cap: float) -> int:
+        """How many nodes of a loan capped at ``cap`` the waiting jobs could use now."""
+        return self.within(cap) - self.spare
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +169,7 @@ DRAINED = "drained: no job runs on it any more"
 DRAIN_DEADLINE = "drain deadline passed: its job is requeued"
 CO_LOCATED = "waiting for co-located nodes"
 SUFFICE = "idle, and our own nodes suffice"
+UNFIT = "idle, and no waiting job fits its cap"
 
 
 def endings(policy: DomainPolicy, lent: Listed, draining: Listed,
@@ -176,11 +203,27 @@ def decide(
     lent: Listed = (),
     held: Listed = (),
     asking: bool = False,
+    waiting: Waiting | None = None,
 ) -> Round:
     """The intent of the interval and what it takes: reclaim (loans taken back or drained,
-    as the reclamation policy plans), borrow (``Ask``), or return idle borrowed machines."""
+    as the reclamation policy plans), borrow (``Ask``), or return idle borrowed machines.
+
+    With ``waiting`` observed, idle holdings whose cap (``Holding.cap``) no waiting job fits
+    are given back first, whatever the intent (:data:`UNFIT`); they count towards a return.
+    """
     effects: list[Effect] = []
     intent = policy.intent(state, now)
+    unfit: set[Hashable] = set()
+    if waiting is not None:
+        fits: dict[float, int] = {}
+        for h in _listed(held):
+            if h.idle and h.cap is not None:
+                n = fits.get(h.cap)
+                if n is None:
+                    n = fits[h.cap] = waiting.within(h.cap)
+                if n <= 0:
+                    unfit.add(h.id)
+                    effects.append(GiveBack(h.id, f"{UNFIT} ({h.cap:g} s)"))
     if intent.action is Action.RECLAIM:
         plan = policy.reclamation.plan(_listed(lent), intent.nodes, now)
         why = f"own demand needs {intent.nodes} node(s)"
@@ -190,10 +233,13 @@ def decide(
         effects.append(Ask(intent.nodes))
     elif intent.action is Action.RETURN:
         left = intent.nodes
-        for h in _listed(held):
+        held = _listed(held)
+        if unfit:
+            left -= sum(h.nodes for h in held if h.id in unfit)
+        for h in held:
             if left <= 0:
                 break
-            if h.idle and h.nodes <= left:
+            if h.idle and h.nodes <= left and h.id not in unfit:
                 left -= h.nodes
                 effects.append(GiveBack(h.id, SUFFICE))
     return Round(intent, tuple(effects))
@@ -208,6 +254,7 @@ def interval(
     draining: Sequence[Loan] = (),
     held: Sequence[Holding] = (),
     asking: bool = False,
+    waiting: Waiting | None = None,
 ) -> Round:
     """One broker interval of one domain: :func:`endings`, then :func:`decide` over the
     loans left.
@@ -217,6 +264,8 @@ def interval(
     draining:       loans already told to drain; each comes back once it runs no job.
     held:           machines borrowed and up, in the order they are to be given back.
     asking:         a request of ours is still open (no new one is sent).
+    waiting:        the waiting work by requested time (:class:`Waiting`; None: not
+                    observed, caps play no part).
 
     The order of the effects is the order to carry them out.
     """
@@ -224,7 +273,7 @@ def interval(
     ended = endings(policy, lent, draining, now)
     gone = {e.loan for e in ended}
     r = decide(policy, state, now, lent=[l for l in lent if l.id not in gone], held=held,
-               asking=asking)
+               asking=asking, waiting=waiting)
     return Round(r.intent, ended + r.effects)
 
 
@@ -352,7 +401,8 @@ def screen(
 
 
 def choose(fitting: Sequence[Candidate], wanted: int,
-           offers: Sequence[Hashable] = (), co_located: bool = False) -> Choice:
+           offers: Sequence[Hashable] = (), co_located: bool = False, *,
+           waiting: Waiting | None = None) -> Choice:
     """Take the ``wanted`` best-ranked fitting hosts (ties: the order given; of a group of
     ``count`` alike, as many as still wanted); every offer in ``offers`` that gets none is
     refused, saying why.
@@ -361,6 +411,12 @@ def choose(fitting: Sequence[Candidate], wanted: int,
     those that can supply ``wanted``); when no site can, none is taken and every offer is
     refused (:data:`CO_LOCATED`): the borrower waits for co-located nodes. Hosts of an
     unknown site (None) count as one site.
+
+    waiting: the borrower's waiting work by requested time (:class:`Waiting`). From a host
+    whose terms cap the jobs its loan runs (``max_job_s``) no more are taken than the waiting
+    jobs that fit the cap need, less the spare machines held and the hosts already taken in
+    this choice (an offer that gets none for that is refused, saying so). None: caps play no
+    part.
     """
     fits = {c.offer for c in fitting}
     if co_located and fitting:
@@ -374,14 +430,27 @@ def choose(fitting: Sequence[Candidate], wanted: int,
             return Choice({}, {o: why for o in offers})
         fitting = min(enough, key=lambda g: min(c.rank for c in g))
     taken: dict[Hashable, list[Candidate]] = {}
+    short: dict[Hashable, str] = {}
+    rooms: dict[float, int] = {}
     left = wanted
     for c in sorted(fitting, key=lambda c: c.rank):
         if left <= 0:
             break
         n = min(c.count, left)
+        cap = c.terms.max_job_s
+        if waiting is not None and cap is not None:
+            room = rooms.get(cap)
+            if room is None:
+                room = rooms[cap] = waiting.room(cap)
+            n = min(n, room - (wanted - left))
+            if n <= 0:
+                short.setdefault(c.offer, f"no more waiting jobs fit its cap ({cap:g} s) "
+                                          f"than we hold nodes for")
+                continue
         taken.setdefault(c.offer, []).append(c if n == c.count else replace(c, count=n))
         left -= n
-    refused = {o: ("other offers fit better" if o in fits
+    refused = {o: (short[o] if o in short
+                   else "other offers fit better" if o in fits
                    else "no offered host fits the borrowing policy")
                for o in offers if o not in taken}
     return Choice({k: tuple(v) for k, v in taken.items()}, refused)
@@ -417,10 +486,11 @@ def adverts(policy: DomainPolicy, intent: Intent, peers: Sequence[str], now: flo
 
 
 def take_advert(policy: DomainPolicy, state: DomainState, candidates: Sequence[Candidate],
-                now: float, *, asking: bool = False) -> Choice:
+                now: float, *, asking: bool = False, waiting: Waiting | None = None) -> Choice:
     """A borrower's answer to hosts advertised unasked: taken without asking when its own
     interval would ask for nodes now (as many as it would ask for, by :func:`screen` and
-    :func:`choose`), else refused, saying why."""
+    :func:`choose`, which with ``waiting`` takes from a capped host only what fitting jobs
+    need), else refused, saying why."""
     offers = list(dict.fromkeys(c.offer for c in candidates))
     if asking:
         return Choice({}, {o: "a request of ours is open" for o in offers})
@@ -432,7 +502,8 @@ def take_advert(policy: DomainPolicy, state: DomainState, candidates: Sequence[C
         why = turned[0][1] if turned else "no host advertised"
         return Choice({}, {o: f"no advertised host fits the borrowing policy ({why})"
                            for o in offers})
-    return choose(fitting, intent.nodes, offers, policy.borrowing.location.co_located)
+    return choose(fitting, intent.nodes, offers, policy.borrowing.location.co_located,
+                  waiting=waiting)
 
 
 # ------------------------------------------------------------------------------ the peer's word

@@ -349,3 +349,86 @@ def test_an_accept_holds_only_for_offered_hosts_of_a_live_proposal():
     assert trade.acceptance(agreed, ["h1"], 0.0, 60).again  # the same accept again: same answer
     other = trade.acceptance(agreed, ["h2"], 0.0, 60)
     assert (other.ok, other.again, other.code) == (False, False, "not_proposed")
+
+
+# ------------------------------------------------- a lender's cap on the borrower's jobs
+
+def waiting(jobs, spare=0):
+    """The borrower's waiting jobs as (nodes, requested seconds), seen by the trade core."""
+    return trade.Waiting(lambda cap: sum(n for n, req in jobs if req <= cap), spare)
+
+
+def capped_offer(offer, count, cap, rank=0):
+    return Candidate(offer, HostProperties(), Terms(Mode.DRAIN, max_job_s=cap), (rank,),
+                     count=count)
+
+
+def test_waiting_counts_the_nodes_of_jobs_within_a_cap_less_the_spare_ones():
+    w = waiting([(2, 1800), (3, 3600), (4, 7200)], spare=1)
+    assert w.within(3600) == 5 and w.room(3600) == 4 and w.room(600) == -1
+
+
+def test_from_a_capped_offer_the_borrower_takes_only_what_its_fitting_jobs_need():
+    # wants 8 (its need counts every job), but only 2 + 3 nodes of jobs fit the 1-h cap
+    w = waiting([(2, 1800), (3, 3600), (4, 7200)])
+    choice = trade.choose([capped_offer("a", 8, 3600)], wanted=8, waiting=w)
+    assert choice.taken == {"a": (capped_offer("a", 5, 3600),)}
+    # less the machines it holds idle or booting
+    w = waiting([(2, 1800), (3, 3600), (4, 7200)], spare=4)
+    assert trade.choose([capped_offer("a", 8, 3600)], 8, waiting=w).taken == \
+        {"a": (capped_offer("a", 1, 3600),)}
+
+
+def test_a_capped_offer_no_waiting_job_fits_is_refused_saying_so():
+    w = waiting([(4, 7200)])
+    choice = trade.choose([capped_offer("a", 4, 3600)], wanted=4, offers=["a"], waiting=w)
+    assert choice.taken == {}
+    assert choice.refused["a"].startswith("no more waiting jobs fit its cap (3600 s)")
+
+
+def test_hosts_taken_before_count_against_a_capped_offer_and_uncapped_ones_are_not_limited():
+    # an uncapped offer ranks first and takes 3 of the 5 fitting nodes' worth; the capped one
+    # then gets 2; the long job's 4 nodes come only from the uncapped offer
+    free = Candidate("free", HostProperties(), Terms(), (0,), count=3)
+    w = waiting([(2, 1800), (3, 3600), (4, 7200)])
+    choice = trade.choose([capped_offer("a", 8, 3600, rank=1), free], wanted=9, waiting=w)
+    assert choice.taken == {"free": (free,), "a": (capped_offer("a", 2, 3600, rank=1),)}
+
+
+def test_without_the_observation_caps_play_no_part_in_the_choice():
+    choice = trade.choose([capped_offer("a", 8, 3600)], wanted=8)
+    assert choice.taken == {"a": (capped_offer("a", 8, 3600),)}
+
+
+def test_an_advert_under_a_cap_is_taken_as_far_as_fitting_jobs_need():
+    short = DomainState(physical=2, waiting_nodes=6, running_nodes=2, busy_physical=2)
+    w = waiting([(2, 600), (4, 86400)])
+    taken = trade.take_advert(policy(), short, [capped_offer("ad", 6, 3600)], 0, waiting=w)
+    assert taken.taken == {"ad": (capped_offer("ad", 2, 3600),)}
+
+
+def test_an_idle_holding_whose_cap_no_waiting_job_fits_is_given_back_whatever_the_intent():
+    # short of nodes (asks), holds an idle 1-h VM that none of its (long) waiting jobs fits
+    short = DomainState(physical=2, borrowed=2, waiting_nodes=6, running_nodes=3,
+                        busy_physical=2, idle_borrowed=1)
+    held = [Holding("v1", cap=3600), Holding("v2", idle=False, cap=3600)]
+    r = trade.interval(policy(), short, 0, held=held, waiting=waiting([(6, 7200)]))
+    assert r.effects == (GiveBack("v1", f"{trade.UNFIT} (3600 s)"), Ask(5))
+    # a job that fits keeps it; without the observation nothing changes
+    r = trade.interval(policy(), short, 0, held=held, waiting=waiting([(6, 7200), (1, 60)]))
+    assert r.effects == (Ask(5),)
+    assert trade.interval(policy(), short, 0, held=held).effects == (Ask(5),)
+    # an uncapped holding is never given back for it
+    r = trade.interval(policy(), short, 0, held=[Holding("v3")], waiting=waiting([(6, 7200)]))
+    assert r.effects == (Ask(5),)
+
+
+def test_unfit_holdings_count_towards_a_return():
+    # n_a = 4 - (4 + 3) = -3 with 2 idle: returns 2, the unfit one first
+    state = DomainState(physical=4, borrowed=3, running_nodes=4, busy_physical=3,
+                        idle_borrowed=2)
+    held = [Holding("c1", idle=False), Holding("c2"), Holding("c3", cap=1800)]
+    r = trade.interval(policy(), state, 0, held=held, waiting=waiting([(1, 3600)]))
+    assert r.intent.nodes == 2
+    assert r.effects == (GiveBack("c3", f"{trade.UNFIT} (1800 s)"),
+                         GiveBack("c2", trade.SUFFICE))
