@@ -576,7 +576,31 @@ class Simulation:
                 return False
             if d.lent and d.policy.reclamation.terms.drain_deadline_s is not None:
                 return False  # a draining loan may reach its deadline
+            if self.capped and any(vm.cap < INF for vm in d.idle_vms):
+                return False  # an idle capped VM may fit no waiting job
         return True
+
+    def waiting(self, d: Domain) -> trade.Waiting:
+        """d's waiting work by requested time, for the trade core (:class:`trade.Waiting`):
+        the nodes its queued jobs need whose estimate (requested time) is within a cap, and
+        its spare VMs (idle or booting)."""
+        memo: dict[float, int] = {}
+
+        def within(cap: float) -> int:
+            n = memo.get(cap)
+            if n is None:
+                q = d.queue
+                if len(q) > VECTOR_MIN:
+                    idx = np.asarray(q, dtype=np.int64)
+                    n = int(d.size_np[idx][d.est_np[idx] <= cap].sum())
+                else:
+                    size, est = d.size, d.est
+                    n = sum(size[j] for j in q if est[j] <= cap)
+                memo[cap] = n
+            return n
+
+        booting = sum(1 for vm in d.vms.values() if vm.state == BOOTING)
+        return trade.Waiting(within, len(d.idle_vms) + booting)
 
     def broker_round(self, now: float) -> None:
         """Each domain's broker interval: the trade core decides (:mod:`broker.negotiation.trade`),
@@ -605,11 +629,20 @@ class Simulation:
                     self.halt(vms[e.loan], now)
         states = [d.state() for d in domains]
         rounds = []
+        capped = self.capped
         for d, state in zip(domains, states):
-            r = trade.decide(
-                d.policy, state, abs_now,
-                lent=lambda: [loan(vm) for vm in self.loans_of(d) if vm.state != DRAINING],
-                held=lambda: [trade.Holding(vm.id) for vm in reversed(d.idle_vms)])
+            if capped:  # the core sees the VMs' caps and the queue by requested time
+                r = trade.decide(
+                    d.policy, state, abs_now,
+                    lent=lambda: [loan(vm) for vm in self.loans_of(d) if vm.state != DRAINING],
+                    held=[trade.Holding(vm.id, cap=None if vm.cap == INF else vm.cap)
+                          for vm in reversed(d.idle_vms)],
+                    waiting=self.waiting(d) if d.idle_vms else None)
+            else:
+                r = trade.decide(
+                    d.policy, state, abs_now,
+                    lent=lambda: [loan(vm) for vm in self.loans_of(d) if vm.state != DRAINING],
+                    held=lambda: [trade.Holding(vm.id) for vm in reversed(d.idle_vms)])
             if r.effects:
                 vms = {vm.id: vm for vm in self.loans_of(d)} if d.lent else {}
                 idle = {vm.id: vm for vm in d.idle_vms}
@@ -640,7 +673,8 @@ class Simulation:
                                                       pol.reclamation.terms, (rank,),
                                                       count=got.count))
             fitting, _turned = trade.screen(b.policy, candidates, b.active_vms, abs_now)
-            for index, hosts in trade.choose(fitting, wanted).taken.items():
+            waiting = self.waiting(b) if capped else None
+            for index, hosts in trade.choose(fitting, wanted, waiting=waiting).taken.items():
                 self.lend(domains[index], b, sum(c.count for c in hosts), now)
 
     def _loan(self, vm: VM) -> Loan:

@@ -12,7 +12,7 @@ from test_engine import small_demo, wl
 from broker.errors import ConfigError
 from broker.policy import DomainPolicy, Mode, ReclamationPolicy, Terms
 from broker.policy.loader import parse_policy
-from broker.simulator.engine import LOG_LEND, LOG_START, SimConfig, Simulation
+from broker.simulator.engine import LOG_HALT, LOG_LEND, LOG_START, SimConfig, Simulation
 from broker.simulator.invariants import check_run
 from broker.simulator.metrics import run_summary
 from broker.simulator.swf import read_swf
@@ -45,7 +45,8 @@ def test_a_long_job_is_kept_off_borrowed_nodes(mode):
                  [capped(3600, mode), DomainPolicy()])
     db = result.domains[1]
     assert db.start[1] == 10000 and not db.on_vms[1]
-    assert db.stats.borrowed_node_seconds > 0  # the VMs came, and stayed idle
+    # no waiting job fits A's cap, so B takes none of A's nodes (trade.choose with Waiting)
+    assert db.stats.borrowed_node_seconds == 0
 
 
 @pytest.mark.parametrize("request_s", [1000, 3600])
@@ -179,3 +180,21 @@ def test_long_queues_scanned_with_numpy_obey_the_cap_as_the_plain_loop(monkeypat
     for d0, d1 in zip(*(r.domains for r in runs)):
         assert d0.start == d1.start and d0.end == d1.end
     assert sum(sum(d.on_vms) for d in runs[0].domains) > 0
+
+
+def test_the_borrower_takes_only_what_fitting_jobs_need_and_gives_back_what_none_fits():
+    # B's short job 1 fits A's 1-h cap, its long job 2 does not: at 3600 B takes 2 of A's
+    # nodes (for job 1 only, though its need counts both jobs), job 1 runs on them; once it
+    # has ended, no waiting job fits the VMs and the next round (7200) gives them back, where
+    # before they were kept idle until job 0's end freed B's own nodes
+    sim = Simulation([wl("a", 4, []),
+                      wl("b", 4, [(0, 20000, 4), (1, 1000, 2, 1800), (2, 30000, 2, 30000)])],
+                     [capped(3600), DomainPolicy()], SimConfig(check_invariants=True))
+    result, _ = run_checked(sim)
+    assert check_run(result, sim.log, sim.cfg, run_summary(result)).ok
+    db = result.domains[1]
+    assert db.on_vms[1] and db.start[1] == 3640
+    assert not db.on_vms[2] and db.start[2] == 20000
+    lent = [e for e in sim.log if e[1] == LOG_LEND]
+    assert len(lent) == 2 and {e[0] for e in lent} == {3600}
+    assert sorted(e[0] for e in sim.log if e[1] == LOG_HALT) == [7200, 7200]
