@@ -18,6 +18,7 @@ the log; an illegal step raises :class:`IllegalTransition` and changes nothing.
 from __future__ import annotations
 
 import enum
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -152,6 +153,28 @@ class Contract:
             )
         new = replace(self, state=to, updated_at=now, reason=reason, **changes)
         return new, Transition(self.id, now, self.state, to, reason)
+
+
+    def without(self, hosts: Collection[str], now: float, reason: str) -> tuple[Contract, Transition]:
+        """The active contract with ``hosts`` taken back and the others still lent (a gradual
+        reclaim), and the log record (a step from ``active`` to ``active``). ``updated_at``
+        stays: the loan of the hosts left began when the contract became active (a lease
+        counts from it). Taking back every host is ending the contract (``reclaiming``)."""
+        if self.state is not S.ACTIVE:
+            raise IllegalTransition(f"contract {self.id}: hosts are taken back one by one only "
+                                    f"from an active contract, not a {self.state.value} one")
+        gone = set(hosts)
+        unknown = sorted(gone - set(self.host_names))
+        if unknown:
+            raise IllegalTransition(f"contract {self.id} has no host {', '.join(unknown)}")
+        if gone >= set(self.host_names):
+            raise IllegalTransition(f"contract {self.id}: taking back every host ends it "
+                                    "(reclaiming), it does not shrink it")
+        nodes = tuple((h, n) for h, n in self.nodes if h not in gone)
+        kept = {n for _h, n in nodes}
+        new = replace(self, nodes=nodes, reason=reason,
+                      addresses=tuple((n, a) for n, a in self.addresses if n in kept))
+        return new, Transition(self.id, now, S.ACTIVE, S.ACTIVE, reason)
 
 
 def vm_node_name(borrower: str, contract_id: str, index: int) -> str:

@@ -147,11 +147,22 @@ class Decline(Message):
 
 @dataclass(frozen=True)
 class Reclaim(Message):
-    """Lender to borrower: I take these machines back (the borrower requeues their jobs)."""
+    """Lender to borrower: I take these machines back (the borrower requeues their jobs).
+
+    ``hosts``: the lending hosts taken back, when only some of the contract's are (a gradual
+    reclaim: the contract stays active with the others); empty, and left out of the message,
+    when all are (the contract ends)."""
 
     TYPE: ClassVar[str] = "reclaim"
     contract_id: str = ""
     reason: str = ""
+    hosts: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        if not self.hosts:
+            del body["hosts"]  # a whole reclaim reads as it always has
+        return body
 
 
 @dataclass(frozen=True)
@@ -245,7 +256,7 @@ def from_dict(raw: Any) -> Message:
         known = ", ".join(sorted(MESSAGE_TYPES))
         raise MessageError(f"unknown message type {show(kind)}; expected one of: {known}")
     expected = {f.name for f in fields(cls)} | {"type"}
-    _object(raw, kind, expected, expected)
+    _object(raw, kind, expected, expected - OPTIONAL.get(cls, set()))
     values: dict[str, Any] = {
         "id": _name(raw, "id", kind),
         "sender": _name(raw, "sender", kind),
@@ -263,15 +274,11 @@ def from_dict(raw: Any) -> Message:
         values["hosts"] = _host_offers(raw["hosts"], kind)
         values["terms"] = _terms(raw["terms"], kind)
     elif cls is Accept:
-        hosts = _list(raw, "hosts", kind, minimum=1)
-        names = []
-        for i, item in enumerate(hosts):
-            names.append(_name({"name": item}, "name", f"{kind}.hosts[{i}]"))
-        if len(set(names)) != len(names):
-            raise MessageError(f"{kind}.hosts: a host is named twice")
-        values["hosts"] = tuple(names)
+        values["hosts"] = _host_names(raw, kind)
     elif cls in (Decline, Reclaim, Return):
         values["reason"] = _text(raw, "reason", kind)
+        if cls is Reclaim and "hosts" in raw:
+            values["hosts"] = _host_names(raw, kind)
     elif cls is Heartbeat:
         items = _list(raw, "contracts", kind)
         pairs = []
@@ -286,6 +293,18 @@ def from_dict(raw: Any) -> Message:
     if values["sender"] == values["recipient"]:
         raise MessageError(f"{kind}: sender and recipient are both {values['sender']!r}")
     return cls(**values)
+
+
+#: Fields a message may leave out (its default then holds).
+OPTIONAL: dict[type, set[str]] = {Reclaim: {"hosts"}}
+
+
+def _host_names(raw: dict[str, Any], kind: str) -> tuple[str, ...]:
+    hosts = _list(raw, "hosts", kind, minimum=1)
+    names = [_name({"name": item}, "name", f"{kind}.hosts[{i}]") for i, item in enumerate(hosts)]
+    if len(set(names)) != len(names):
+        raise MessageError(f"{kind}.hosts: a host is named twice")
+    return tuple(names)
 
 
 class _MessageReader(Reader):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import replace
 from typing import Any
 
@@ -280,18 +280,23 @@ class Borrowing:
 
     # ------------------------------------------------------------------ ending
 
-    async def release(self, c: Contract) -> list[str]:
-        """Our side of ending a loan: each node down (jobs requeued), then deleted; switch
-        peers no other contract needs are removed."""
+    async def release(self, c: Contract, hosts: Collection[str] | None = None) -> list[str]:
+        """Our side of ending a loan (or, ``hosts``, of giving back those of its hosts): each
+        node down (jobs requeued), then deleted; switch peers no other loan needs are
+        removed."""
         ctx = self.ctx
+        gone = set(c.host_names if hosts is None else hosts)
         requeued: list[str] = []
-        for node in c.node_names:
-            result = await asyncio.to_thread(ctx.scheduler.remove, node, f"viocluster-reclaim:{c.id}")
-            requeued.extend(result.requeued)
+        for host, node in c.nodes:
+            if host in gone:
+                result = await asyncio.to_thread(ctx.scheduler.remove, node,
+                                                 f"viocluster-reclaim:{c.id}")
+                requeued.extend(result.requeued)
         probe = ctx.switch_probe
         if probe is not None and probe.enabled:
             keep = {h for o in ctx.store.contracts(open_only=True)
                     if o.id != c.id and o.role is Role.BORROWER for h in o.host_names}
+            keep |= set(c.host_names) - gone
             for host in sorted(set(c.host_names) - keep):
                 try:
                     await asyncio.to_thread(probe.remove, host)
@@ -310,6 +315,23 @@ class Borrowing:
         if c.state is S.PROVISIONING or c.id in ctx.busy:
             return 409, {"error": f"contract {c.id} is being provisioned; retry shortly",
                          "code": "busy"}
+        partial = [h for h in c.host_names if h in set(m.hosts)]
+        if m.hosts and c.state is S.ACTIVE and set(c.host_names) - set(m.hosts):
+            # some hosts taken back (gradual): their nodes go, the contract stays active; a
+            # host no longer in it was taken back already (the lender's retry)
+            ctx.busy.add(c.id)
+            try:
+                requeued = await self.release(c, partial)
+                if partial:
+                    new, t = c.without(partial, ctx.clock(),
+                                       f"lender took back {', '.join(partial)}: {m.reason}")
+                    ctx.store.save(new, t)
+                    log.info("contract %s (borrower, peer %s): %s taken back, %d job(s) "
+                             "requeued; %s still borrowed", c.id, c.lender, ", ".join(partial),
+                             len(requeued), ", ".join(new.host_names))
+                return 200, {"state": c.state.value, "requeued": requeued}
+            finally:
+                ctx.busy.discard(c.id)
         ctx.busy.add(c.id)
         try:
             if c.state is S.PROPOSED:

@@ -42,7 +42,7 @@ from broker.service.certwatch import CertWatch
 from broker.service.client import PeerClient
 from broker.service.config import BrokerConfig
 from broker.service.context import Context, unknown
-from broker.service.lending import Lending
+from broker.service.lending import Lending, loan_of
 from broker.service.metrics import Metrics
 from broker.service.probes import CommandProbe
 from broker.service.repairs import Repairs
@@ -107,7 +107,8 @@ class Broker:
 
     @property
     def draining(self) -> dict[str, str]:
-        return self.lending.draining
+        """The contracts a lent host of which drains (-> why)."""
+        return self.lending.draining_contracts()
 
     @property
     def loan_busy_since(self) -> dict[str, float]:
@@ -190,19 +191,26 @@ class Broker:
         held = {c.id: c for c in open_ if c.role is Role.BORROWER and c.state is S.ACTIVE}
         asking = any(c.role is Role.BORROWER and c.state in (S.PROPOSED, S.AGREED, S.PROVISIONING)
                      for c in everything)
+        drains = self.lending.draining
         r = trade.interval(
             self.policy, state, now,
-            lent=[loan for loan in loans if loan.id not in self.draining],
-            draining=[loan for loan in loans if loan.id in self.draining],
+            lent=[loan for loan in loans if loan.id not in drains],
+            draining=[loan for loan in loans if loan.id in drains],
             held=[trade.Holding(c.id, len(c.nodes), all(
                 (n := snap.node(name)) is not None and n.idle for name in c.node_names))
                 for c in held.values()],
             asking=asking)
         self.last_intent = f"{r.intent.action.value} {r.intent.nodes}".strip()
+        taken: dict[str, tuple[list[str], str]] = {}  # contract -> its hosts taken back, why
         for e in r.effects:
             if isinstance(e, trade.TakeBack):
-                self.ctx.spawn(self.lending.reclaim(lent[str(e.loan)], e.reason))
-            elif isinstance(e, trade.Drain):
+                cid, host = loan_of(e.loan)
+                taken.setdefault(cid, ([], e.reason))[0].append(host)
+        for cid, (hosts, why) in taken.items():  # all of a contract's hosts: it ends
+            self.ctx.busy.add(cid)
+            self.ctx.spawn(self.lending.take_back(lent[cid], hosts, why))
+        for e in r.effects:
+            if isinstance(e, trade.Drain):
                 self.lending.drain(str(e.loan), e.reason, now)
             elif isinstance(e, trade.GiveBack):
                 self.ctx.spawn(self.borrowing.give_back(held[str(e.holding)], e.reason))

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from dataclasses import replace
+from collections.abc import Collection
 from typing import Any
 
 from broker.negotiation import trade
@@ -50,11 +51,23 @@ def wire_terms(terms: PolicyTerms) -> Terms:
     return Terms(terms.mode.value, float(terms.lease_s), terms.per_interval)
 
 
+def loan_id(contract_id: str, host: str) -> str:
+    """The trade core's loan: one host of a lent contract (``<contract>/<host>``)."""
+    return f"{contract_id}/{host}"
+
+
+def loan_of(loan: object) -> tuple[str, str]:
+    """(contract id, host) of a :func:`loan_id` (neither holds a ``/``)."""
+    contract, _slash, host = str(loan).partition("/")
+    return contract, host
+
+
 class Lending:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        # Lent contracts the core said to drain (id -> why), since when, and since when the
-        # borrower has reported a job on each lent contract (from its heartbeat answers).
+        # The loans (one host of a contract each, :func:`loan_id`) the core said to drain
+        # (-> why) and since when; and since when the borrower has reported a job on each lent
+        # contract (from its heartbeat answers).
         self.draining: dict[str, str] = {}
         self.draining_since: dict[str, float] = {}
         self.loan_busy_since: dict[str, float] = {}
@@ -179,8 +192,13 @@ class Lending:
     # ------------------------------------------------------------------ loans
 
     def word(self, c: Contract) -> str:
-        """Our state of ``c`` as a heartbeat says it (a loan we drain is ``draining``)."""
-        return trade.word(c.state, c.role is Role.LENDER and c.id in self.draining)
+        """Our state of ``c`` as a heartbeat says it (a contract we drain a host of is
+        ``draining``: the borrower keeps new jobs off its nodes)."""
+        return trade.word(c.state, c.role is Role.LENDER and c.id in self.draining_contracts())
+
+    def draining_contracts(self) -> dict[str, str]:
+        """The contracts a host of which drains (-> why)."""
+        return {loan_of(loan)[0]: why for loan, why in self.draining.items()}
 
     def note_busy(self, peer: str, busy: Any, now: float) -> None:
         """The borrower's word on which of our loans to it run a job (a list of contract ids;
@@ -195,16 +213,17 @@ class Lending:
                 self.loan_busy_since.pop(c.id, None)
 
     async def loans(self, lent: dict[str, Contract], known: set[str]) -> list[Loan]:
-        """The active loans as the trade core sees them (when lent, whether a job runs on
-        them and since when, since when drained, their hosts' free disk); the drain books
-        forget contracts no longer active."""
-        self.draining = {cid: why for cid, why in self.draining.items() if cid in lent}
+        """The active loans as the trade core sees them, one per lent host (when lent,
+        whether a job of the borrower's runs on the contract and since when, since when
+        drained, the host's free disk); the drain books forget hosts no longer lent."""
+        now_lent = {loan_id(c.id, h) for c in lent.values() for h in c.host_names}
+        self.draining = {k: why for k, why in self.draining.items() if k in now_lent}
         self.draining_since = {k: v for k, v in self.draining_since.items() if k in self.draining}
         self.loan_busy_since = {k: v for k, v in self.loan_busy_since.items() if k in known}
         disk = await self._free_disk(list(lent.values()))
-        return [Loan(c.id, c.borrower, c.updated_at, self.loan_busy_since.get(c.id),
-                     self.draining_since.get(c.id), disk.get(c.id))
-                for c in lent.values()]
+        return [Loan(loan_id(c.id, h), c.borrower, c.updated_at, self.loan_busy_since.get(c.id),
+                     self.draining_since.get(loan_id(c.id, h)), disk.get(h))
+                for c in lent.values() for h in c.host_names]
 
     def drain(self, loan: str, reason: str, now: float) -> None:
         log.info("contract %s: draining (%s): it comes back when its job ends", loan, reason)
@@ -212,20 +231,14 @@ class Lending:
         self.draining_since[loan] = now
 
     async def _free_disk(self, loans: list[Contract]) -> dict[str, float]:
-        """The least free disk of each loan's hosts (where the COWs go), when the lending
-        policy watches it; a host that cannot be measured tells nothing."""
+        """The free disk of each lent host (where the COWs go), when the lending policy
+        watches it; a host that cannot be measured tells nothing."""
         if self.ctx.policy.lending.min_free_disk_gb is None or not loans:
             return {}
         hosts = {h.node: h for h in self.ctx.config.lending_hosts}
         names = sorted({n for c in loans for n in c.host_names if n in hosts})
         found = await asyncio.gather(*(asyncio.to_thread(free_disk_gb, hosts[n]) for n in names))
-        free = {n: gb for n, gb in zip(names, found) if gb is not None}
-        out = {}
-        for c in loans:
-            known = [free[n] for n in c.host_names if n in free]
-            if known:
-                out[c.id] = float(min(known))
-        return out
+        return {n: float(gb) for n, gb in zip(names, found) if gb is not None}
 
     # ------------------------------------------------------------------ taking back
 
@@ -247,11 +260,45 @@ class Lending:
             ctx.spawn(self.finish_release(c))
         return 200, {"state": c.state.value}
 
+    def _undrain(self, c: Contract, hosts: Collection[str]) -> None:
+        for h in hosts:
+            self.draining.pop(loan_id(c.id, h), None)
+            self.draining_since.pop(loan_id(c.id, h), None)
+
+    async def take_back(self, c: Contract, hosts: Collection[str], reason: str) -> Contract:
+        """Take back some hosts of an active loan (a gradual reclaim): the borrower requeues
+        the jobs on their nodes and drops them, the VMs are stopped, the hosts resumed; the
+        contract stays active with the others. Every host taken back is :meth:`reclaim`."""
+        ctx = self.ctx
+        gone = [h for h in c.host_names if h in set(hosts)]
+        if set(gone) >= set(c.host_names):
+            return await self.reclaim(c, reason)
+        self._undrain(c, gone)
+        ctx.busy.add(c.id)
+        start = time.monotonic()
+        try:
+            reply = await ctx.send(c.borrower, ctx.msg(Reclaim, c.borrower, contract_id=c.id,
+                                                       reason=reason, hosts=tuple(gone)))
+            if not reply.ok:
+                log.warning("contract %s: borrower did not confirm taking back %s (%s); "
+                            "stopping the VMs anyway", c.id, ", ".join(gone), reply.error)
+            part = replace(c, nodes=tuple(n for n in c.nodes if n[0] in gone))
+            if not (await self._stop(part, start)).ok:
+                log.error("contract %s: the reclaim playbook failed for %s; they stay in the "
+                          "contract and are taken back again", c.id, ", ".join(gone))
+                return c
+            new, t = c.without(gone, ctx.clock(), f"took back {', '.join(gone)}: {reason}")
+            ctx.store.save(new, t)
+            log.info("contract %s (lender, peer %s): took back %s, %s still lent: %s", c.id,
+                     c.borrower, ", ".join(gone), ", ".join(new.host_names), reason)
+            return new
+        finally:
+            ctx.busy.discard(c.id)
+
     async def reclaim(self, c: Contract, reason: str) -> Contract:
         """Take lent machines back: the borrower requeues first, then the VMs are killed."""
         ctx = self.ctx
-        self.draining.pop(c.id, None)
-        self.draining_since.pop(c.id, None)
+        self._undrain(c, c.host_names)
         ctx.busy.add(c.id)
         start = time.monotonic()
         if c.state is not S.RECLAIMING:
@@ -276,30 +323,37 @@ class Lending:
         """
         ctx = self.ctx
         ctx.busy.add(c.id)
-        probe = ctx.vm_probe
-        fast = probe is not None and probe.enabled
         try:
-            if fast:
-                for node in c.node_names:
-                    try:
-                        await asyncio.to_thread(probe.remove, node)
-                    except ProbeError as exc:
-                        log.warning("contract %s: fast VM stop failed (%s); the playbook will", c.id, exc)
-                if started is not None:
-                    ctx.metrics.reclaim_seconds.observe(time.monotonic() - started)
-                    log.info("contract %s: VMs stopped %.2f s after the reclaim began", c.id,
-                             time.monotonic() - started)
-            result = await asyncio.to_thread(ctx.executor.reclaim, ctx.playbook_vars(c), c.id)
-            if started is not None and not fast:
-                ctx.metrics.reclaim_seconds.observe(time.monotonic() - started)
-            ctx.metrics.playbooks.labels(playbook="reclaim", result="ok" if result.ok else "failed").inc()
-            for host in c.host_names:
-                try:
-                    await asyncio.to_thread(ctx.scheduler.unlend, host)
-                except SchedulerError as exc:  # a dead host: reconciliation resumes it later
-                    log.warning("contract %s: cannot put %s back in service yet: %s", c.id, host, exc)
+            result = await self._stop(c, started)
             if not result.ok:
                 return ctx.advance(c, S.FAILED, f"reclaim playbook: {result.summary()}")
             return ctx.advance(c, S.CLOSED, "VMs stopped, hosts back in service")
         finally:
             ctx.busy.discard(c.id)
+
+    async def _stop(self, c: Contract, started: float | None) -> Any:
+        """Stop the VMs of ``c``'s nodes and put its hosts back in service; the reclaim
+        playbook's result."""
+        ctx = self.ctx
+        probe = ctx.vm_probe
+        fast = probe is not None and probe.enabled
+        if fast:
+            for node in c.node_names:
+                try:
+                    await asyncio.to_thread(probe.remove, node)
+                except ProbeError as exc:
+                    log.warning("contract %s: fast VM stop failed (%s); the playbook will", c.id, exc)
+            if started is not None:
+                ctx.metrics.reclaim_seconds.observe(time.monotonic() - started)
+                log.info("contract %s: VMs stopped %.2f s after the reclaim began", c.id,
+                         time.monotonic() - started)
+        result = await asyncio.to_thread(ctx.executor.reclaim, ctx.playbook_vars(c), c.id)
+        if started is not None and not fast:
+            ctx.metrics.reclaim_seconds.observe(time.monotonic() - started)
+        ctx.metrics.playbooks.labels(playbook="reclaim", result="ok" if result.ok else "failed").inc()
+        for host in c.host_names:
+            try:
+                await asyncio.to_thread(ctx.scheduler.unlend, host)
+            except SchedulerError as exc:  # a dead host: reconciliation resumes it later
+                log.warning("contract %s: cannot put %s back in service yet: %s", c.id, host, exc)
+        return result

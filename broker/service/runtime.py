@@ -106,6 +106,10 @@ def run(config: BrokerConfig) -> int:
 
 async def serve(broker: Broker, stop: asyncio.Event, server_ssl: Any) -> None:
     """Reconcile, open the API and the status listener, run the interval until ``stop``."""
+    if broker.policy.reclamation.terms.max_job_s is not None:
+        log.warning("reclamation.max_job_s (%g s) is not sent to borrowers by this broker: the "
+                    "simulator honours it; on live clusters the borrowers enforce it with their "
+                    "borrowed partition's MaxTime", broker.policy.reclamation.terms.max_job_s)
     # Reconciliation needs the scheduler: while it does not answer (slurmctld starting, down),
     # say so and try again each interval instead of exiting into a restart loop.
     while True:

@@ -56,3 +56,25 @@ def test_every_open_state_can_fail():
 def test_vm_node_names_are_short_and_safe():
     name = vm_node_name("dom_A", "dom_A-c-0123456789abcdef", 3)
     assert name == "dom-a-v01234567-3"
+
+
+def test_an_active_contract_shrinks_by_the_hosts_taken_back_and_keeps_its_start():
+    from broker.negotiation.messages import HostOffer
+
+    c, _ = Contract.propose("a-c1", Role.LENDER, "a", "b", 2, Needs(), Terms(), now=1.0)
+    nodes = (("h1", "a-v1-0"), ("h2", "a-v1-1"))
+    offered = tuple(HostOffer(h, h, "vpla", 1, 512, 1, "s") for h, _n in nodes)
+    c, _ = c.advance(S.AGREED, 2.0, "agreed", nodes=nodes, offered=offered,
+                     addresses=(("a-v1-0", "10.0.0.1/24"), ("a-v1-1", "10.0.0.2/24")))
+    c, _ = c.advance(S.PROVISIONING, 3.0, "borrow.yml")
+    c, _ = c.advance(S.ACTIVE, 4.0, "joined")
+    new, t = c.without(["h1"], 9.0, "took back h1")
+    assert (new.state, new.nodes, new.addresses) == (S.ACTIVE, (("h2", "a-v1-1"),),
+                                                     (("a-v1-1", "10.0.0.2/24"),))
+    assert (t.from_state, t.to_state, t.at, new.updated_at) == (S.ACTIVE, S.ACTIVE, 9.0, 4.0)
+    with pytest.raises(IllegalTransition, match="ends it"):
+        c.without(["h1", "h2"], 9.0, "all")
+    with pytest.raises(IllegalTransition, match="no host h9"):
+        c.without(["h9"], 9.0, "unknown")
+    with pytest.raises(IllegalTransition, match="only from an active contract"):
+        _contract(S.AGREED).without(["h1"], 9.0, "too early")

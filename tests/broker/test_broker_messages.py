@@ -30,6 +30,8 @@ ALL = [
     m.Reclaim(id="m-5", sender="b", recipient="a", sent_at=5.0, contract_id="a-c1", reason="load"),
     m.Return(id="m-6", sender="a", recipient="b", sent_at=6.0, contract_id="a-c1", reason="idle"),
     m.Heartbeat(id="m-7", sender="a", recipient="b", sent_at=7.0, contracts=(("a-c1", "active"),)),
+    m.Reclaim(id="m-8", sender="b", recipient="a", sent_at=8.0, contract_id="a-c1", reason="load",
+              hosts=("h1",)),  # a gradual reclaim: some of the contract's hosts
 ]
 
 
@@ -192,3 +194,14 @@ def test_decode_raises_only_message_error_for_generated_input():
         except m.MessageError as exc:
             assert exc.reason and "\n" not in exc.reason and len(exc.reason) < 600, exc.reason
     assert 500 < accepted < 3000  # both kinds are well represented
+
+
+def test_a_whole_reclaim_reads_as_before_and_a_partial_one_names_its_hosts():
+    whole = m.Reclaim(id="m-5", sender="b", recipient="a", sent_at=5.0, contract_id="a-c1",
+                      reason="load")
+    assert "hosts" not in whole.to_dict()
+    raw = {**whole.to_dict(), "hosts": ["h1", "h1"]}
+    with pytest.raises(m.MessageError, match="a host is named twice"):
+        m.from_dict(raw)
+    with pytest.raises(m.MessageError, match="reclaim.hosts"):
+        m.from_dict({**whole.to_dict(), "hosts": []})
