@@ -10,6 +10,9 @@ restarted; domain A borrows one of B's hosts for a burst of jobs (as in the faul
 - ``lease``: B wants its host back at once, but the lease holds it: the contract stays active
   until ``lease_s`` after it began, then ends ("lease ended"); the job on the VM is requeued
   and finishes on A's own nodes.
+- ``gradual``: B lends both its hosts in one contract and then wants both back; one comes
+  back an interval: the contract first shrinks to one host (the VM of the other stopped, its
+  job requeued), and ends at a later interval.
 
 Each run ends with the drill's checks (every job finished exactly once, never twice at once,
 nothing left over) and B's broker back on the terms it had.
@@ -40,13 +43,17 @@ class ModeResult:
     figures: dict[str, float | None] = field(default_factory=dict)
 
 
-def set_terms(drill: Drill, domain: str, reclamation: dict) -> str:
-    """Give ``domain``'s broker these reclamation terms (its policy's ``reclamation``) and
-    restart it; the config it had is returned, for :func:`restore`."""
+def set_terms(drill: Drill, domain: str, reclamation: dict, lending: dict | None = None) -> str:
+    """Give ``domain``'s broker these reclamation terms (its policy's ``reclamation``, and
+    ``lending`` settings over its own) and restart it; the config it had is returned, for
+    :func:`restore`."""
     head = HEADS[domain]
     before = drill.shell.run(head, f"cat {BROKER_CONFIG}")
     raw = yaml.safe_load(before)
-    raw.setdefault("policy", {})["reclamation"] = reclamation
+    policy = raw.setdefault("policy", {})
+    policy["reclamation"] = reclamation
+    if lending:
+        policy["lending"] = {**(policy.get("lending") or {}), **lending}
     _write_and_restart(drill, head, yaml.safe_dump(raw, sort_keys=False))
     return before
 
@@ -195,6 +202,52 @@ def run_lease(plan: labhosts.Plan, lease_s: float = 20.0, log: Callable[[str], N
             "lease_s": lease_s,
             "active_to_reclaim_s": (ended_at - active_at) if ended_at and active_at else None,
             "burst_to_reclaim_s": (ended_at - burst_at) if ended_at else None,
+        }
+        return result
+    finally:
+        try:
+            restore(drill, "b", before)
+        finally:
+            drill.close()
+
+
+def run_gradual(plan: labhosts.Plan, log: Callable[[str], None] = print,
+                job_seconds: int = 40, timeout_s: float = 240.0) -> ModeResult:
+    """B lends both hosts in one contract, then takes them back one an interval."""
+    drill = Drill(plan, log=log, jobs=6, job_seconds=job_seconds, timeout_s=timeout_s)
+    before = set_terms(drill, "b", {"mode": "gradual", "per_interval": 1},
+                       lending={"fraction_idle": 1.0})
+    try:
+        trade = drill.start_trade()
+        result = ModeResult("gradual", trade)
+        lent = _lender_contract(drill, trade) or {}
+        if len(lent.get("hosts") or []) < 2:
+            result.problems.append(f"B lent {lent.get('hosts')} in contract {trade.contract}; "
+                                   "the gradual check needs both its hosts in one contract")
+        drill.burst_on_b()  # B wants both back
+        burst_at = time.time()
+
+        def ended() -> bool:
+            c = _lender_contract(drill, trade)
+            return c is not None and c["state"] in ("closed", "failed")
+
+        _wait(f"B to take back both hosts of {trade.contract}", ended, timeout_s, 0.5)
+        lent = _lender_contract(drill, trade) or {}
+        steps = lent.get("transitions", [])
+        shrunk = [t for t in steps if t.get("from") == "active" and t.get("to") == "active"]
+        ending = next((float(t["at"]) for t in steps if t.get("to") == "reclaiming"), None)
+        outcome = DrillResult("gradual", trade, burst_at, {})
+        drill.finish(outcome, settle=True)
+        result.problems.extend(outcome.problems)
+        if len(shrunk) != 1 or ending is None or float(shrunk[0]["at"]) >= ending:
+            result.problems.append("B's contract did not shrink by one host and then end: "
+                                   f"{[(t.get('from'), t.get('to'), t.get('reason')) for t in steps]}")
+        else:
+            log(f"contract {trade.contract}: {shrunk[0]['reason']}; "
+                f"{ending - float(shrunk[0]['at']):.1f} s later the last host")
+        result.figures = {
+            "burst_to_first_host_s": float(shrunk[0]["at"]) - burst_at if shrunk else None,
+            "first_to_last_host_s": ending - float(shrunk[0]["at"]) if shrunk and ending else None,
         }
         return result
     finally:

@@ -193,20 +193,22 @@ def test_demo_trades_a_machine(site, tmp_path) -> None:
             print(f"demo {attempt}: {key:24} {secs if secs is None else round(secs, 2)}")
 
 
-@pytest.mark.parametrize("mode", ["drain", "lease"])
+@pytest.mark.parametrize("mode", ["drain", "lease", "gradual"])
 def test_reclamation_mode_keeps_its_promise_with_real_vms(site, mode: str) -> None:
     """B's broker is given the mode's terms and restarted; A borrows a VM of B's for a burst.
 
     drain: B wants its host back while A's job runs on the VM: A's Slurm holds the VM (no new
     job), the job finishes there, nothing is requeued, and only then is the host B's again.
     lease (20 s): B wants its host back at once but the contract stays until its lease ends;
-    the job on the VM is then requeued and finishes on A's nodes. Both: every job finished
-    exactly once, nothing left over, B's broker back on its own terms.
+    the job on the VM is then requeued and finishes on A's nodes. gradual (one node an
+    interval): B lends both its hosts in one contract and wants both back: the contract shrinks
+    to one host, then ends. Each: every job finished exactly once, nothing left over, B's
+    broker back on its own terms.
     """
     from broker.lab import modes
 
     started = time.monotonic()
-    run = modes.run_drain if mode == "drain" else modes.run_lease
+    run = {"drain": modes.run_drain, "lease": modes.run_lease, "gradual": modes.run_gradual}[mode]
     result = run(site["plan"])
     site["times"][f"reclamation {mode}"] = time.monotonic() - started
     for key, secs in result.figures.items():
