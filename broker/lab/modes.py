@@ -212,9 +212,10 @@ def run_lease(plan: labhosts.Plan, lease_s: float = 20.0, log: Callable[[str], N
 
 
 def run_gradual(plan: labhosts.Plan, log: Callable[[str], None] = print,
-                job_seconds: int = 40, timeout_s: float = 240.0) -> ModeResult:
+                job_seconds: int = 25, timeout_s: float = 240.0) -> ModeResult:
     """B lends both hosts in one contract, then takes them back one an interval."""
-    drill = Drill(plan, log=log, jobs=6, job_seconds=job_seconds, timeout_s=timeout_s)
+    # five jobs on A's two nodes: A needs three more and may borrow two, both of B's hosts
+    drill = Drill(plan, log=log, jobs=5, job_seconds=job_seconds, timeout_s=timeout_s)
     before = set_terms(drill, "b", {"mode": "gradual", "per_interval": 1},
                        lending={"fraction_idle": 1.0})
     try:
