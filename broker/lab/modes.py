@@ -21,9 +21,10 @@ nothing left over) and B's broker back on the terms it had.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import yaml
@@ -93,12 +94,38 @@ def _lender_contract(drill: Drill, trade: Trade) -> dict | None:
     return None
 
 
+@contextlib.contextmanager
+def _on_terms(plan: labhosts.Plan, log: Callable[[str], None], jobs: int, job_seconds: int,
+              timeout_s: float, reclamation: dict, lending: dict | None = None) -> Iterator[Drill]:
+    """A drill with B's broker on these terms; B's own terms are back afterwards."""
+    drill = Drill(plan, log=log, jobs=jobs, job_seconds=job_seconds, timeout_s=timeout_s)
+    try:
+        before = set_terms(drill, "b", reclamation, lending)
+        try:
+            yield drill
+        finally:
+            restore(drill, "b", before)
+    finally:
+        drill.close()
+
+
+def _until_ended(drill: Drill, trade: Trade, what: str, timeout_s: float,
+                 every: float = 0.5, also: Callable[[], None] | None = None) -> dict:
+    """Poll until B's contract of ``trade`` is closed (or failed); it is returned."""
+    def ended() -> bool:
+        if also is not None:
+            also()
+        c = _lender_contract(drill, trade)
+        return c is not None and c["state"] in ("closed", "failed")
+
+    _wait(what, ended, timeout_s, every)
+    return _lender_contract(drill, trade) or {}
+
+
 def run_drain(plan: labhosts.Plan, log: Callable[[str], None] = print,
               job_seconds: int = 30, timeout_s: float = 240.0) -> ModeResult:
     """B drains its lent host while A's job runs on the VM: no preemption, no new job there."""
-    drill = Drill(plan, log=log, jobs=6, job_seconds=job_seconds, timeout_s=timeout_s)
-    before = set_terms(drill, "b", {"mode": "drain"})
-    try:
+    with _on_terms(plan, log, 6, job_seconds, timeout_s, {"mode": "drain"}) as drill:
         trade = drill.start_trade()
         result = ModeResult("drain", trade)
         status = f"{BROKER_CLI} status --config {BROKER_CONFIG} --json"
@@ -116,18 +143,15 @@ def run_drain(plan: labhosts.Plan, log: Callable[[str], None] = print,
         held_at: list[float] = []
         sinfo = f"sinfo -h -n {trade.node} -o %T"
 
-        def vm_gone() -> bool:
+        def held() -> None:
             state = drill._ask(HEADS["a"], sinfo)
             if not held_at and state is not None and state.strip().lower().startswith("drain"):
                 held_at.append(time.time())
                 log(f"{trade.node} is held in A's Slurm (takes no new job) "
                     f"{held_at[0] - burst_at:.1f} s after B's burst")
-            c = _lender_contract(drill, trade)
-            return c is not None and c["state"] in ("closed", "failed")
 
-        _wait(f"B to take {trade.host} back once A's job {trade.job} ends", vm_gone,
-              timeout_s + 2 * job_seconds, 0.5)
-        drained = _lender_contract(drill, trade) or {}
+        drained = _until_ended(drill, trade, f"B to take {trade.host} back once A's job "
+                               f"{trade.job} ends", timeout_s + 2 * job_seconds, also=held)
         ended_at = _transition(drained, DRAINED)
         outcome = DrillResult("drain", trade, burst_at, {})
         drill.finish(outcome, settle=True)
@@ -158,30 +182,20 @@ def run_drain(plan: labhosts.Plan, log: Callable[[str], None] = print,
             "job_end_to_reclaim_s": (ended_at - on_vm[-1].last) if ended_at and on_vm else None,
         }
         return result
-    finally:
-        try:
-            restore(drill, "b", before)
-        finally:
-            drill.close()
 
 
 def run_lease(plan: labhosts.Plan, lease_s: float = 20.0, log: Callable[[str], None] = print,
               job_seconds: int = 40, timeout_s: float = 240.0) -> ModeResult:
     """B wants its host back at once; the lease holds it until ``lease_s`` after it began."""
-    drill = Drill(plan, log=log, jobs=3, job_seconds=job_seconds, timeout_s=timeout_s)
-    before = set_terms(drill, "b", {"mode": "lease", "lease_s": lease_s})
-    try:
+    with _on_terms(plan, log, 3, job_seconds, timeout_s,
+                   {"mode": "lease", "lease_s": lease_s}) as drill:
         trade = drill.start_trade()
         result = ModeResult("lease", trade)
         drill.burst_on_b()  # B's own demand: under lease it must still wait
         burst_at = time.time()
 
-        def ended() -> bool:
-            c = _lender_contract(drill, trade)
-            return c is not None and c["state"] in ("closed", "failed")
-
-        _wait(f"the lease of {trade.host} to end", ended, timeout_s + lease_s, 1.0)
-        lent = _lender_contract(drill, trade) or {}
+        lent = _until_ended(drill, trade, f"the lease of {trade.host} to end", timeout_s + lease_s,
+                            every=1.0)
         active_at = next((float(t["at"]) for t in lent.get("transitions", [])
                           if t.get("to") == "active"), None)
         ended_at = _transition(lent, LEASE_ENDED)
@@ -204,21 +218,14 @@ def run_lease(plan: labhosts.Plan, lease_s: float = 20.0, log: Callable[[str], N
             "burst_to_reclaim_s": (ended_at - burst_at) if ended_at else None,
         }
         return result
-    finally:
-        try:
-            restore(drill, "b", before)
-        finally:
-            drill.close()
 
 
 def run_gradual(plan: labhosts.Plan, log: Callable[[str], None] = print,
                 job_seconds: int = 25, timeout_s: float = 240.0) -> ModeResult:
     """B lends both hosts in one contract, then takes them back one an interval."""
     # five jobs on A's two nodes: A needs three more and may borrow two, both of B's hosts
-    drill = Drill(plan, log=log, jobs=5, job_seconds=job_seconds, timeout_s=timeout_s)
-    before = set_terms(drill, "b", {"mode": "gradual", "per_interval": 1},
-                       lending={"fraction_idle": 1.0})
-    try:
+    with _on_terms(plan, log, 5, job_seconds, timeout_s, {"mode": "gradual", "per_interval": 1},
+                   lending={"fraction_idle": 1.0}) as drill:
         trade = drill.start_trade()
         result = ModeResult("gradual", trade)
         lent = _lender_contract(drill, trade) or {}
@@ -228,12 +235,8 @@ def run_gradual(plan: labhosts.Plan, log: Callable[[str], None] = print,
         drill.burst_on_b()  # B wants both back
         burst_at = time.time()
 
-        def ended() -> bool:
-            c = _lender_contract(drill, trade)
-            return c is not None and c["state"] in ("closed", "failed")
-
-        _wait(f"B to take back both hosts of {trade.contract}", ended, timeout_s, 0.5)
-        lent = _lender_contract(drill, trade) or {}
+        lent = _until_ended(drill, trade, f"B to take back both hosts of {trade.contract}",
+                            timeout_s)
         steps = lent.get("transitions", [])
         shrunk = [t for t in steps if t.get("from") == "active" and t.get("to") == "active"]
         ending = next((float(t["at"]) for t in steps if t.get("to") == "reclaiming"), None)
@@ -251,8 +254,3 @@ def run_gradual(plan: labhosts.Plan, log: Callable[[str], None] = print,
             "first_to_last_host_s": ending - float(shrunk[0]["at"]) if shrunk and ending else None,
         }
         return result
-    finally:
-        try:
-            restore(drill, "b", before)
-        finally:
-            drill.close()
