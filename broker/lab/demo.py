@@ -402,8 +402,26 @@ def demo(settings: DemoSettings, log: Callable[[str], None] = print,
         def on_vm() -> list[str]:
             return [j for j, n in queue.snapshot().items() if n.startswith(queue.vm_prefix)]
 
-        _wait("a job of A running on a borrowed VM", lambda: bool(on_vm()), settings.phase_timeout_s)
-        first = on_vm()
+        def on_vm_of_b() -> list[str]:
+            """A's jobs on a VM borrowed from B: A may borrow from other peers too (a lab with
+            three domains), and B's reclaim touches only B's VM."""
+            jobs = on_vm()
+            if not jobs:
+                return []
+            nodes = {n for c in _contracts(shell, heads[a], all_=False)
+                     if c["role"] == "borrower" and c["state"] == "active" and c.get("peer") == b
+                     for n in c["nodes"]}
+            where = queue.snapshot()
+            return [j for j in jobs if where.get(j) in nodes]
+
+        first: list[str] = []
+
+        def seen_on_vm_of_b() -> bool:
+            first[:] = on_vm_of_b()
+            return bool(first)
+
+        _wait("a job of A running on a VM borrowed from B", seen_on_vm_of_b,
+              settings.phase_timeout_s)
         _log_step(log, origin, f"A's job {first[0]} runs on the borrowed VM {queue.snapshot()[first[0]]}")
         a_now = [c for c in _contracts(shell, heads[a]) if c["state"] == "active" and c["role"] == "borrower"]
         if not a_now:

@@ -1,5 +1,8 @@
-"""A mixed federation in the one-machine lab: domain c on OpenPBS beside the Slurm domain b
-(inventories/lab-pbs), trading both ways with the demo's checks.
+"""A mixed federation of three domains in the one-machine lab (inventories/lab-pbs): a and b on
+Slurm, c on OpenPBS, each trusting the other two. The PBS domain trades both ways with a Slurm
+domain, with the demo's checks on each: c borrows from b (b reclaims: the requeue is in PBS), and
+in the three-domain demo a borrows a host of b and one of c at once, then c reclaims its own (the
+requeue is in a's Slurm, off a VM on c's PBS host) while b's loan to a stays.
 
 Real parts throughout: nspawn hosts, SSH, site.yml (OpenPBS server, scheduler, datastore and
 MoMs from this machine's OpenPBS build; Slurm and munge for b), the brokers as systemd services,
@@ -67,16 +70,15 @@ def pbs_site(as_root: None, request: pytest.FixtureRequest,
             assert not left, f"lab down left behind: {left}"
 
 
-@pytest.mark.parametrize("borrower, lender", [("c", "b"), ("b", "c")],
-                         ids=["pbs-borrows-from-slurm", "slurm-borrows-from-pbs"])
-def test_pbs_and_slurm_domains_trade_both_ways(pbs_site, tmp_path, borrower: str,
-                                               lender: str) -> None:
-    """The demo's trade between the PBS domain c and the Slurm domain b, each way: the
-    borrower's job runs on the VM booted on the lender's host (a pbs-node VM whose MoM joins c's
-    PBS server, or a node VM whose slurmd joins b's Slurm), and the lender's reclaim requeues the
-    job on it, which then finishes on the borrower's own nodes."""
+def test_pbs_domain_borrows_from_slurm_domain(pbs_site, tmp_path) -> None:
+    """The demo's trade with the PBS domain c borrowing from the Slurm domain b: c's job runs on
+    the VM booted on b's host (a pbs-node VM whose MoM joins c's PBS server), and b's reclaim
+    requeues the job on it, which then finishes on c's own nodes. (The reverse, a Slurm domain
+    borrowing from c with a job on c's VM and a requeue on c's reclaim, is the three-domain
+    demo's reclaimed trade below.)"""
     from broker.lab.demo import DemoSettings, demo
 
+    borrower, lender = "c", "b"
     started = time.monotonic()
     result = demo(DemoSettings(inventory=INVENTORY, out=tmp_path / "demo", run_site=False,
                                borrower=borrower, lender=lender),
@@ -89,3 +91,28 @@ def test_pbs_and_slurm_domains_trade_both_ways(pbs_site, tmp_path, borrower: str
         f"{borrower}-node1", f"{borrower}-node2"}
     for key, secs in result["figures"].items():
         print(f"demo {borrower} from {lender}: {key:24} {secs if secs is None else round(secs, 2)}")
+
+
+def test_one_borrower_takes_hosts_from_two_lenders_and_one_reclaims(pbs_site, tmp_path) -> None:
+    """The three-domain demo: a burst on the Slurm domain a takes one host of b (Slurm) and one
+    of c (PBS), each lending at most one; a's jobs run on a VM of each. Then c's burst reclaims
+    c's host: a's job on that VM (a node VM on c's PBS host, in a's Slurm) is requeued and
+    finishes on a's own nodes or b's VM, while the contract with b stays active. Then every
+    job finishes, both contracts close, and no borrowed node or VM is left."""
+    from broker.lab.demo3 import ThreeDomainSettings, three_domain_demo
+
+    started = time.monotonic()
+    result = three_domain_demo(ThreeDomainSettings(inventory=INVENTORY, out=tmp_path / "demo3",
+                                                   borrower="a", lenders=("b", "c"),
+                                                   reclaimer="c"))
+    pbs_site["times"]["demo3 a from b+c, c reclaims"] = time.monotonic() - started
+    for key, value in result["figures"].items():
+        print(f"demo3: {key:28} {value if value is None else round(value, 2)}")
+    print(f"demo3: VMs {result['vms']}, jobs finished on them {result['jobs_done_on']}, "
+          f"requeued {result['requeued']}")
+    assert result["schedulers"] == {"a": "slurm", "b": "slurm", "c": "pbs"}
+    assert result["problems"] == []
+    assert set(result["vms"]) == {"b", "c"}
+    assert result["jobs_done_on"]["b"] and result["jobs_done_on"]["c"], result
+    assert result["requeued"] and set(result["requeued"].values()) <= {
+        "a-node1", "a-node2", *result["vms"]["b"]}

@@ -25,19 +25,28 @@ def lab_inventory() -> dict:
     return json.loads(out)
 
 
-def test_pbs_lab_inventory_plans_a_slurm_and_a_pbs_domain_behind_a_router() -> None:
+def test_pbs_lab_inventory_plans_two_slurm_and_a_pbs_domain_behind_a_router() -> None:
     exe = Path(sys.executable).parent / "ansible-inventory"
     out = subprocess.run([str(exe), "-i", str(REPO / "inventories" / "lab-pbs"), "--list"],
                          capture_output=True, text=True, check=True).stdout
     plan = topology.plan_from_inventory(json.loads(out), rootfs="/nonexistent")
-    assert [b.name for b in plan.bridges] == ["vlabbr-b", "vlabbr-c"]
+    assert [b.name for b in plan.bridges] == ["vlabbr-a", "vlabbr-b", "vlabbr-c"]
     assert sorted(h.name for h in plan.hosts) == [
-        "b-head", "b-node1", "b-node2", "c-head", "c-node1", "c-node2"]
-    assert sorted(plan.links[0].routes_a) == [("10.203.2.0/24", "10.203.0.2"),
+        "a-head", "a-node1", "a-node2", "b-head", "b-node1", "b-node2",
+        "c-head", "c-node1", "c-node2"]
+    assert sorted(plan.links[0].routes_a) == [("10.203.1.0/24", "10.203.0.2"),
+                                              ("10.203.2.0/24", "10.203.0.2"),
                                               ("10.203.3.0/24", "10.203.0.2")]
     hostvars = json.loads(out)["_meta"]["hostvars"]
     assert hostvars["c-head"]["viocluster_scheduler"] == "pbs"
-    assert hostvars["b-head"]["viocluster_peers"] == ["c"]
+    assert "viocluster_scheduler" not in hostvars["a-head"]
+    # every domain trusts the other two
+    assert {d: hostvars[f"{d}-head"]["viocluster_peers"] for d in "abc"} == {
+        "a": ["b", "c"], "b": ["a", "c"], "c": ["a", "b"]}
+    # no two domains share a subnet or a VM pool
+    for key in ("viocluster_physical_subnet", "viocluster_virtual_subnet", "viocluster_vm_pool",
+                "viocluster_network_id"):
+        assert len({hostvars[f"{d}-head"][key] for d in "abc"}) == 3, key
 
 
 def test_lab_inventory_plans_two_domains_behind_a_router(lab_inventory: dict) -> None:
