@@ -3,6 +3,8 @@ nspawn hosts installed by the pbs role: the same cases as the Slurm adapter's te
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from broker.scheduler.base import SchedulerError
@@ -147,3 +149,37 @@ def test_admit_times_out_with_a_clear_error_and_remove_takes_the_node_out(pbs, a
     # what the broker does after a failed admission
     assert adapter.remove("ghost", reason="pbst-test").existed
     assert adapter.snapshot().node("ghost") is None
+
+
+def test_hold_keeps_new_jobs_off_a_borrowed_node_while_its_job_runs_and_unhold_lets_them_on(
+    pbs, adapter, clean_queue
+):
+    """What a borrower does while its lender drains a loan: the node takes no new job, the job
+    on it runs on (never requeued); once the lender no longer drains, jobs go there again.
+    (The job on it is ended with qdel: a job that ends by itself there would wait to copy its
+    output back to the head, which this test domain does not set up.)"""
+    adapter.admit("vm1", timeout=60)
+    first = pbs.submit(*BORROWED, "--", "/bin/sleep", "300")
+    pbs.wait("the first job running on the borrowed node",
+             lambda: _state(pbs, first) == "R" and _hosts(pbs, first) == ["vm1"])
+    adapter.hold("vm1", "b-c1")
+    node = adapter.snapshot().node("vm1")
+    assert node is not None and node.reason.startswith(adapter.draining_reason), node
+    second = pbs.submit(*BORROWED, "--", "/bin/sleep", "300")
+    pbs.wait("the scheduler's word on the second job", lambda: _considered(pbs, second))
+    job = pbs.job(first)  # the job there runs on, started once
+    assert (job.get("job_state"), int(job.get("run_count", 0))) == ("R", 1), job
+    pbs.run("qdel", "-W", "force", first)
+    pbs.wait("the first job gone and the held node otherwise free", lambda: _state(pbs, first) == ""
+             and "job-exclusive" not in pbs.nodes()["vm1"]["state"])
+    for _ in range(3):  # scheduling cycles with the held node free: nothing new starts there
+        pbs.kick()
+        time.sleep(1)
+        assert _state(pbs, second) == "Q", pbs.job(second)
+    adapter.hold("vm1", "b-c1")  # holding again changes nothing
+    adapter.unhold("vm1")
+    assert not adapter.snapshot().node("vm1").reason
+    pbs.wait("the second job running on the borrowed node",
+             lambda: _state(pbs, second) == "R" and _hosts(pbs, second) == ["vm1"])
+    adapter.unhold("vm1")  # a node not held is left alone
+    assert adapter.remove("vm1", reason="pbst-test", timeout=60).requeued == (second,)
