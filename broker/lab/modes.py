@@ -185,7 +185,7 @@ def run_drain(plan: labhosts.Plan, log: Callable[[str], None] = print,
 
 
 def run_lease(plan: labhosts.Plan, lease_s: float = 20.0, log: Callable[[str], None] = print,
-              job_seconds: int = 40, timeout_s: float = 240.0) -> ModeResult:
+              job_seconds: int = 30, timeout_s: float = 240.0) -> ModeResult:
     """B wants its host back at once; the lease holds it until ``lease_s`` after it began."""
     with _on_terms(plan, log, 3, job_seconds, timeout_s,
                    {"mode": "lease", "lease_s": lease_s}) as drill:
