@@ -123,7 +123,7 @@ def _until_ended(drill: Drill, trade: Trade, what: str, timeout_s: float,
 
 
 def run_drain(plan: labhosts.Plan, log: Callable[[str], None] = print,
-              job_seconds: int = 30, timeout_s: float = 240.0) -> ModeResult:
+              job_seconds: int = 25, timeout_s: float = 240.0) -> ModeResult:
     """B drains its lent host while A's job runs on the VM: no preemption, no new job there."""
     with _on_terms(plan, log, 6, job_seconds, timeout_s, {"mode": "drain"}) as drill:
         trade = drill.start_trade()
