@@ -316,6 +316,24 @@ def run_site(inventory: Path, out: Path, log: Callable[[str], None],
     return run.seconds, run.changed
 
 
+def watch_vm_gone(shell: Shell, watcher: Watcher, host: str, account: str, vm: str,
+                  side: str = "B") -> threading.Event:
+    """Poll ``host`` every 0.1 s for the VM ``vm`` the lending ``account`` runs; the event is
+    set (and the watcher notes it) once its process is gone."""
+    gone = threading.Event()
+
+    def probe() -> None:
+        if gone.is_set():
+            return
+        out = shell.run(host, f"pgrep -u {account} -x linux -a || true", timeout=10)
+        if f"umid={vm} " not in out + " ":
+            gone.set()
+            watcher.note(side, f"VM process gone: {vm} on {host}")
+
+    watcher.every(0.1, probe)
+    return gone
+
+
 def reset(shell: Shell, heads: dict[str, str], timeout: float,
           scheds: dict[str, type[Slurm] | type[Pbs]] | None = None) -> None:
     """No job queued in any domain, no open contract, no borrowed node: a clean start."""
@@ -444,17 +462,7 @@ def demo(settings: DemoSettings, log: Callable[[str], None] = print,
         _log_step(log, origin, f"job(s) {', '.join(sorted(queue.ran_on_vm_done))} finished on {vm}; "
                                f"now on it: {', '.join(on_vm()) or 'nothing'}")
 
-        gone = threading.Event()
-
-        def vm_probe() -> None:
-            if gone.is_set():
-                return
-            out_ = shell.run(host, f"pgrep -u {account} -x linux -a || true", timeout=10)
-            if f"umid={vm} " not in out_ + " ":
-                gone.set()
-                watcher.note("B", f"VM process gone: {vm} on {host}")
-
-        watcher.every(0.1, vm_probe)
+        gone = watch_vm_gone(shell, watcher, host, account, vm)
         burst_b = time.time()
         ids_b = shell.run(heads[b], scheds[b].submit(settings.jobs_b, rundir, f"demo-{b}", b,
                                                      borrowed_ok=False)).split()

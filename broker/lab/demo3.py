@@ -28,7 +28,7 @@ from typing import Callable
 from broker.lab import hosts as labhosts
 from broker.lab import topology
 from broker.lab.demo import (JOB_SCRIPT, TARGETS, DemoError, Queue, Shell, Watcher, _contracts,
-                             _log_step, _wait, reset, scheduler_of)
+                             _log_step, _wait, reset, scheduler_of, watch_vm_gone)
 from broker.lab.timeline import build_report, format_summary, format_timeline, parse_job_output
 
 
@@ -162,17 +162,7 @@ def three_domain_demo(settings: ThreeDomainSettings, log: Callable[[str], None] 
 
         _wait(f"a job of {a} to finish on {vm} and the next to start there", vm_done_and_next,
               settings.phase_timeout_s)
-        gone = threading.Event()
-
-        def vm_probe() -> None:
-            if gone.is_set():
-                return
-            out_ = shell.run(host, f"pgrep -u {account} -x linux -a || true", timeout=10)
-            if f"umid={vm} " not in out_ + " ":
-                gone.set()
-                watcher.note("B", f"VM process gone: {vm} on {host}")
-
-        watcher.every(0.1, vm_probe)
+        gone = watch_vm_gone(shell, watcher, host, account, vm)
         burst_r = time.time()
         ids_r = shell.run(heads[r], scheds[r].submit(settings.jobs_reclaimer, rundir, f"demo3-{r}",
                                                      r, borrowed_ok=False)).split()

@@ -77,7 +77,7 @@ class Lending:
     def _open_loans(self) -> list[Contract]:
         return [c for c in self.ctx.store.contracts(open_only=True) if c.role is Role.LENDER]
 
-    async def _offerable(self, snap: Snapshot) -> tuple[list[Any], int]:
+    def _offerable(self, snap: Snapshot) -> tuple[list[Any], int]:
         """The lending hosts that may be offered now, and how many open proposals offer."""
         free, pending = trade.lendable(self._open_loans(),
                                        [h.node for h in self.ctx.config.lending_hosts],
@@ -115,7 +115,7 @@ class Lending:
             return 200, {"reply": replace(decline, reason=refused).to_dict()}
         now = ctx.clock()
         snap = await ctx.snapshot()
-        hosts, pending = await self._offerable(snap)
+        hosts, pending = self._offerable(snap)
         answer = trade.answer(ctx.policy, snap.domain_state(), m.sender, m.nodes, now,
                               available=len(hosts), pending=pending)
         if not answer.ok:
@@ -148,7 +148,7 @@ class Lending:
                  if p not in proposing and now >= ctx.quiet_until.get(f"advert:{p}", 0.0)]
         if not peers:
             return
-        hosts, pending = await self._offerable(snap)
+        hosts, pending = self._offerable(snap)
         for ad in trade.adverts(ctx.policy, intent, peers, now, available=len(hosts),
                                 pending=pending):
             offered = tuple(await self._measure(snap, hosts[:ad.count], ad.peer))
