@@ -6,7 +6,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 OUT ?= out
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-down simulate sweep test lint bench-sim bench-sim-scale bench-switch bench-switch-attack bench-vm bench-trade bench-converge bench-faults lab-up lab-down clean help
+.PHONY: setup demo demo-down simulate sweep test lint bench-sim bench-sim-scale bench-switch bench-switch-attack bench-vm bench-trade bench-converge bench-faults twin lab-up lab-down clean help
 
 help:
 	@echo "make demo   set up, then run the main job: two lab domains trade a machine"
@@ -22,6 +22,7 @@ help:
 	@echo "make bench-vm      COW VM boot and kill times"
 	@echo "make bench-trade   the live trade between the lab domains, 3 rounds"
 	@echo "make bench-converge  site.yml on the lab: first and no-change converge"
+	@echo "make twin          one workload in the lab and in the simulator, side by side"
 	@echo "make bench-faults  fault drills on the lab: time to recover from each fault"
 	@echo "make lab-up / lab-down  the one-machine lab"
 
@@ -67,6 +68,9 @@ bench-converge: setup
 
 bench-faults: setup
 	python bench/bench_faults.py
+
+twin: setup
+	python bench/bench_twin.py
 
 lab-up: setup
 	viocluster lab up

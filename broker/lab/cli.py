@@ -1,4 +1,4 @@
-"""``viocluster lab up | down | status | demo`` and the faults (``crash``, ``start``,
+"""``viocluster lab up | down | status | demo | twin`` and the faults (``crash``, ``start``,
 ``partition``, ``cut``, ``heal``): the one-machine lab."""
 
 from __future__ import annotations
@@ -256,6 +256,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_twin(args: argparse.Namespace) -> int:
+    from broker.lab.twin import TwinSettings, load_record, replay, run_lab
+
+    if args.replay is not None:
+        record = load_record(args.replay)
+    else:
+        record = run_lab(TwinSettings(inventory=args.inventory, out=args.out, seed=args.seed,
+                                      run_site=not args.skip_site),
+                         log=print, up=up, build_wheels=build_wheels)
+    _comparison, _costs, text = replay(record, args.out)
+    print()
+    print(text)
+    print(f"\n(written to {args.out}: twin.txt, twin.json, jobs.csv"
+          + ("" if args.replay is not None else ", lab.json") + ")")
+    return 0
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -291,6 +308,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p_demo.add_argument("--skip-site", action="store_true",
                         help="do not run site.yml (the lab's hosts are configured already)")
     p_demo.set_defaults(func=_cmd_demo)
+    p_twin = sub.add_parser("twin", help="one workload (46 jobs, ten minutes) in the lab and in the "
+                            "simulator with the lab's measured costs, side by side")
+    p_twin.add_argument("-i", "--inventory", type=Path, default=DEFAULT_INVENTORY,
+                        help="lab inventory with Slurm domains a and b (default: inventories/lab)")
+    p_twin.add_argument("--out", type=Path, default=Path("out/twin"),
+                        help="where lab.json, twin.txt, twin.json and jobs.csv go (default: out/twin)")
+    p_twin.add_argument("--seed", type=_positive, default=1, help="the workload's seed (default 1)")
+    p_twin.add_argument("--skip-site", action="store_true",
+                        help="do not run site.yml first (the lab is converged already)")
+    p_twin.add_argument("--replay", type=Path, metavar="LAB_JSON",
+                        help="no lab run: the simulator and the comparison on a recorded lab.json")
+    p_twin.set_defaults(func=_cmd_twin)
     p_down = sub.add_parser("down", help="power the lab off and remove all of it")
     p_down.set_defaults(func=_cmd_down)
     p_status = sub.add_parser("status", help="list the lab's hosts, crashed ones and partitions")

@@ -38,7 +38,7 @@ from broker.simulator.workload import Workload
 
 INF = math.inf
 VECTOR_MIN = 48  # queues longer than this are scanned with numpy's help
-END, VM_UP, VM_DOWN = 0, 1, 2
+END, VM_UP, VM_DOWN, REQUEUE = 0, 1, 2, 3
 BOOTING, UP, DRAINING, HALTING = 0, 1, 2, 3
 # What the run log records (``Simulation.log``, kept when ``SimConfig.check_invariants``): one
 # tuple per happening, in the order the engine did it, read by broker.simulator.invariants:
@@ -56,7 +56,9 @@ class SimConfig:
     extra run time of a job on VMs (0.15 = 15 % slower); sharing: brokers trade at all;
     epoch: the absolute time (Unix seconds) of t = 0, for the policies' time-of-day windows;
     check_invariants: keep the run log (``Simulation.log``) that
-    :func:`broker.simulator.invariants.check_run` replays to check the run."""
+    :func:`broker.simulator.invariants.check_run` replays to check the run;
+    requeue_delay: seconds a preempted job waits before it may start again (Slurm makes a
+    requeued batch job eligible about ten seconds later; 0: at once, as the paper has it)."""
 
     interval: float = 3600.0
     boot_delay: float = 40.0
@@ -65,6 +67,7 @@ class SimConfig:
     sharing: bool = True
     epoch: float = 0.0
     check_invariants: bool = False
+    requeue_delay: float = 0.0
 
 
 class VM:
@@ -308,8 +311,11 @@ class Simulation:
             d.stats.lost_node_seconds += s * elapsed
             d.attempt[j] += 1
             d.start[j] = -1.0
-            d.waiting_nodes += s
-            insort(d.queue, j)
+            d.waiting_nodes += s  # in the queue the broker sees at once, startable later
+            if self.cfg.requeue_delay > 0:
+                self.push(now + self.cfg.requeue_delay, REQUEUE, d.index, j)
+            else:
+                insort(d.queue, j)
         d.valid = False
         d.dirty = True
 
@@ -754,6 +760,10 @@ class Simulation:
                     for vm in a:
                         self.vm_up(vm)
                     events += len(a) - 1
+                elif kind == REQUEUE:  # a preempted job may start again
+                    insort(d.queue, a)
+                    d.valid = False
+                    d.dirty = True
                 else:
                     self.vm_down(a, t)
             # submissions at t
