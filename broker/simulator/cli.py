@@ -49,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--interval", type=float, default=3600.0, help="broker period, s (3600)")
     p.add_argument("--boot-delay", type=float, default=40.0, help="VM boot, s (40)")
     p.add_argument("--halt-delay", type=float, default=16.0, help="VM halt, s (16)")
+    p.add_argument("--requeue-delay", type=float, default=0.0,
+                   help="s a preempted job waits before it may start again (0; Slurm: about 10)")
     p.add_argument("--slowdown", type=float, default=0.15,
                    help="extra run time of jobs on VMs, fraction (0.15)")
     p.add_argument("--no-sharing", action="store_true", help="only the run without sharing")
@@ -163,6 +165,7 @@ def main(args: argparse.Namespace) -> int:
     _bounded("interval", args.interval, 1)
     _bounded("boot-delay", args.boot_delay, 0)
     _bounded("halt-delay", args.halt_delay, 0)
+    _bounded("requeue-delay", args.requeue_delay, 0)
     _bounded("slowdown", args.slowdown, 0, 10)
     if args.preset:
         preset, workloads = preset_workloads(args.preset, args.traces, args.seed,
@@ -183,6 +186,7 @@ def main(args: argparse.Namespace) -> int:
         interval=args.interval, boot_delay=args.boot_delay, halt_delay=args.halt_delay,
         slowdown=args.slowdown, sharing=not args.no_sharing,
         epoch=float(workloads[0].unix_start), check_invariants=args.check_invariants,
+        requeue_delay=args.requeue_delay,
     )
     out: Path = args.out
     try:
@@ -204,7 +208,7 @@ def main(args: argparse.Namespace) -> int:
         "scenario": title,
         "config": {"interval_s": config.interval, "boot_delay_s": config.boot_delay,
                    "halt_delay_s": config.halt_delay, "slowdown": config.slowdown,
-                   "seed": args.seed, "strict": args.strict,
+                   "requeue_delay_s": config.requeue_delay, "seed": args.seed, "strict": args.strict,
                    "include_cancelled": args.include_cancelled,
                    "check_invariants": args.check_invariants},
         "left_out_reasons": LEFT_OUT_REASONS,

@@ -12,7 +12,7 @@ A grid file names policies, scenarios and seeds::
       gen8: {generated: {domains: 8, capacity: 64, days: 30, load: [0.3, 0.6]}}
     seeds: [1, 2, 3]          # for demo and generated scenarios; trace scenarios run once
     traces: /data/traces      # where presets and relative traces are found (optional)
-    settings: {interval: 3600, boot_delay: 40, halt_delay: 16, slowdown: 0.15}
+    settings: {interval: 3600, boot_delay: 40, halt_delay: 16, slowdown: 0.15, requeue_delay: 0}
 
 Each (scenario, seed) has one cell without sharing (the baseline) and one cell per policy with
 sharing. A cell writes ``cells/cell-NNNN.json`` in the output folder; the collection joins them
@@ -53,7 +53,8 @@ GENERATED_KEYS = {"domains": "number of domains (>= 1)", "capacity": "nodes per 
                   "bursts": "mapping every_days, hours, factor (bursty domains d1, d3, ...)"}
 BURST_KEYS = ("every_days", "hours", "factor")
 SETTINGS = {"interval": ("interval", 1.0), "boot_delay": ("boot_delay", 0.0),
-            "halt_delay": ("halt_delay", 0.0), "slowdown": ("slowdown", 0.0)}
+            "halt_delay": ("halt_delay", 0.0), "slowdown": ("slowdown", 0.0),
+            "requeue_delay": ("requeue_delay", 0.0)}
 BASELINE = "no sharing"
 TABLE_FIELDS = (
     "policy", "scenario", "seed", "domain", "capacity", "jobs",

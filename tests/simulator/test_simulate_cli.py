@@ -92,6 +92,8 @@ def test_bad_domain_syntax_and_options(tmp_path, small_swf):
     assert_user_error(simulate("--out", tmp_path), "--preset")
     assert_user_error(simulate("--domain", f"a={small_swf}", "--interval", "0", "--out",
                                tmp_path), "--interval")
+    assert_user_error(simulate("--domain", f"a={small_swf}", "--requeue-delay", "-1", "--out",
+                               tmp_path), "--requeue-delay")
     assert_user_error(simulate("--domain", f"a={small_swf}", "--domain", f"a={small_swf}",
                                "--out", tmp_path), "differ")
 
