@@ -128,10 +128,13 @@ class Seen:
             return sum(len(v) for v in self.left.values())
 
 
-def _runs_from_output(text: str, own: set[str], origin: float) -> list[tuple[str, float, float | None]]:
+Run = tuple[str, float, "float | None", str]  # own|borrowed, start, end (None: cut), host
+
+
+def _runs_from_output(text: str, own: set[str], origin: float) -> list[Run]:
     """A job's runs from its output file: each start opens one, a done on the same host closes
     it; a start while one is open means the open one was cut short."""
-    runs: list[tuple[str, float, float | None]] = []
+    runs: list[Run] = []
     open_: tuple[str, float] | None = None
     for line in text.splitlines():
         parts = line.split()
@@ -144,13 +147,13 @@ def _runs_from_output(text: str, own: set[str], origin: float) -> list[tuple[str
         host = parts[1]
         if parts[0] == "start":
             if open_ is not None:
-                runs.append((_where(open_[0], own), open_[1], None))
+                runs.append((_where(open_[0], own), open_[1], None, open_[0]))
             open_ = (host, at)
         elif open_ is not None and open_[0] == host:
-            runs.append((_where(host, own), open_[1], at))
+            runs.append((_where(host, own), open_[1], at, host))
             open_ = None
     if open_ is not None:
-        runs.append((_where(open_[0], own), open_[1], None))
+        runs.append((_where(open_[0], own), open_[1], None, open_[0]))
     return runs
 
 
@@ -158,14 +161,14 @@ def _where(host: str, own: set[str]) -> str:
     return "own" if host in own else "borrowed"
 
 
-def merge_runs(from_output: list[tuple[str, float, float | None]], seen: list[tuple[str, float]],
-               own: set[str], origin: float) -> list[tuple[str, float, float | None]]:
+def merge_runs(from_output: list[Run], seen: list[tuple[str, float]], own: set[str],
+               origin: float) -> list[Run]:
     """The output's runs, with a cut run in front for each run squeue showed that the output
     lacks (its node in the order seen; its start the moment it was first seen)."""
     missing = len(seen) - len(from_output)
     if missing <= 0:
         return from_output
-    extra = [(_where(node, own), at - origin, None) for node, at in seen[:missing]]
+    extra: list[Run] = [(_where(node, own), at - origin, None, node) for node, at in seen[:missing]]
     return extra + from_output
 
 
@@ -272,7 +275,8 @@ def run_lab(settings: TwinSettings, log: Callable[[str], None], *, up: Callable[
             for j in (j for j in jobs if j.domain == d):
                 runs = merge_runs(_runs_from_output("\n".join(files.get(j.index, [])), own[d], origin),
                                   seen.runs.get((d, j.index), []), own[d], origin)
-                outcomes.append(model.JobOutcome(d, j.index, submitted[(d, j.index)], j.runtime, runs))
+                outcomes.append(model.JobOutcome(d, j.index, submitted[(d, j.index)], j.runtime,
+                                                 [r[:3] for r in runs], [r[3] for r in runs]))
         contracts = {d: [c for c in _contracts(shell, h) if c.get("created_at", 0) >= origin - 1]
                      for d, h in heads.items()}
     finally:
@@ -292,6 +296,24 @@ def run_lab(settings: TwinSettings, log: Callable[[str], None], *, up: Callable[
     return record
 
 
+def first_use(record: dict[str, Any], outcomes: list[model.JobOutcome]) -> list[float]:
+    """Per borrowed contract, seconds from its agreement to the first run of the borrower's
+    on one of its VMs: when the borrower could use the node (the VM booted, its slurmd joined,
+    and Slurm's next pass started a waiting job there)."""
+    out = []
+    for d, items in record["contracts"].items():
+        for c in items:
+            agreed = model._transition(c, "agreed")
+            nodes = set(c.get("nodes") or [])
+            if c.get("role") != "borrower" or agreed is None or not nodes:
+                continue
+            starts = [run[1] + float(record["origin"]) for o in outcomes if o.domain == d
+                      for run, host in zip(o.runs, o.hosts) if host in nodes]
+            if starts:
+                out.append(min(starts) - agreed)
+    return out
+
+
 def lab_trades(record: dict[str, Any]) -> list[model.Trade]:
     """The contracts each domain agreed as the borrower, from its own broker's log."""
     origin = float(record["origin"])
@@ -309,7 +331,8 @@ def _outcomes(record: dict[str, Any]) -> list[model.JobOutcome]:
     try:
         return [model.JobOutcome(o["domain"], int(o["index"]), float(o["submit"]), int(o["runtime"]),
                                  [(r[0], float(r[1]), None if r[2] is None else float(r[2]))
-                                  for r in o["runs"]]) for o in record["jobs"]]
+                                  for r in o["runs"]], [str(h) for h in o.get("hosts", [])])
+                for o in record["jobs"]]
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise model.TwinError(f"the lab record's jobs are not as `viocluster lab twin` writes "
                               f"them ({exc!r}): run the twin again") from None
@@ -331,7 +354,7 @@ def replay(record: dict[str, Any], out: Path) -> tuple[model.Comparison, model.C
         raise model.TwinError(f"the brokers' intervals differ or are unknown ({record['interval_s']}): "
                               "the simulator runs one interval for all domains")
     costs = model.measure_costs(intervals.pop(), record["contracts"], lab,
-                                record.get("requeue_delays_s", []))
+                                record.get("requeue_delays_s", []), first_use(record, lab))
     policies = {d: parse_policy(p, f"domain {d}'s deployed policy") for d, p in record["policies"].items()}
     capacities = {d: int(n) for d, n in record["capacities"].items()}
     sim = model.simulate(lab, capacities, policies, costs, epoch=float(record["origin"]))

@@ -118,6 +118,7 @@ class JobOutcome:
     submit: float  # seconds after the run's start
     runtime: int
     runs: list[tuple[str, float, float | None]] = field(default_factory=list)  # (own|borrowed, start, end)
+    hosts: list[str] = field(default_factory=list)  # where each run was (the lab's; empty simulated)
 
     @property
     def finished(self) -> bool:
@@ -155,11 +156,17 @@ class Trade:
 
 @dataclass(frozen=True)
 class Costs:
+    """The simulator's settings as the lab measured them. ``boot_s`` is the simulator's boot:
+    from the agreement until the borrower can run a job on the VM; ``active_s`` (for the
+    record) until the broker saw the VM idle in its scheduler, the scheduler's next pass
+    short of that."""
+
     interval_s: float
     boot_s: float
     halt_s: float
     slowdown: float
     requeue_delay_s: float = 0.0
+    active_s: float = 0.0
     samples: Mapping[str, int] = field(default_factory=dict)  # figure -> how many measurements
 
     def config(self, epoch: float) -> SimConfig:
@@ -177,10 +184,12 @@ def _transition(contract: Mapping[str, Any], to: str) -> float | None:
 
 
 def measure_costs(interval_s: float, contracts: Mapping[str, Sequence[Mapping[str, Any]]],
-                  outcomes: Sequence[JobOutcome], requeue_delays: Sequence[float] = ()) -> Costs:
+                  outcomes: Sequence[JobOutcome], requeue_delays: Sequence[float] = (),
+                  first_use: Sequence[float] = ()) -> Costs:
     """The lab's costs, each the median of what this run measured.
 
-    boot: a borrower's contract from ``agreed`` to ``active`` (the VM idle in its scheduler);
+    boot: a borrowed contract from its agreement to the first job on its VM (``first_use``);
+    without those, from ``agreed`` to ``active`` (the VM idle in its scheduler);
     halt: a lender's contract from ``reclaiming`` to ``closed`` (its node back in its own
     scheduler); slowdown: a finished run on a borrowed VM over its job's run time, less the
     same ratio on own nodes (what the node itself adds, as the start and end lines show);
@@ -202,10 +211,13 @@ def measure_costs(interval_s: float, contracts: Mapping[str, Sequence[Mapping[st
                 ratios[where].append((end - start) / o.runtime)
     own = _median(ratios["own"], 1.0)
     vm = _median(ratios["borrowed"], own)
-    return Costs(interval_s, _median(boots, 0.0), _median(halts, 0.0), max(0.0, vm - own),
-                 _median(list(requeue_delays), 0.0),
-                 {"boot_s": len(boots), "halt_s": len(halts),
-                  "slowdown": len(ratios["borrowed"]), "requeue_delay_s": len(requeue_delays)})
+    active = _median(boots, 0.0)
+    boot = _median(list(first_use), active)
+    return Costs(interval_s, boot, _median(halts, 0.0), max(0.0, vm - own),
+                 _median(list(requeue_delays), 0.0), active,
+                 {"boot_s": len(first_use) or len(boots), "active_s": len(boots),
+                  "halt_s": len(halts), "slowdown": len(ratios["borrowed"]),
+                  "requeue_delay_s": len(requeue_delays)})
 
 
 def _workloads(outcomes: Sequence[JobOutcome], capacities: Mapping[str, int]) -> list[Workload]:
@@ -364,7 +376,8 @@ def format_comparison(c: Comparison, costs: Costs) -> str:
     lines.append("same placement (own node or borrowed VM) of a job's finishing run: "
                  + ", ".join(f"{d} {a}/{n}" for d, (a, n) in c.same_placement.items()))
     lines.append(f"the simulator's costs, measured in the lab: interval {costs.interval_s:g} s, "
-                 f"boot {costs.boot_s:.2f} s (n={costs.samples.get('boot_s', 0)}), halt "
+                 f"boot {costs.boot_s:.2f} s (n={costs.samples.get('boot_s', 0)}; the VM idle in "
+                 f"the scheduler after {costs.active_s:.2f} s), halt "
                  f"{costs.halt_s:.2f} s (n={costs.samples.get('halt_s', 0)}), slowdown on a VM "
                  f"{costs.slowdown:.1%} (n={costs.samples.get('slowdown', 0)}), requeue delay "
                  f"{costs.requeue_delay_s:g} s (n={costs.samples.get('requeue_delay_s', 0)})")

@@ -66,16 +66,18 @@ def test_runs_from_output_pair_starts_and_dones_and_see_cut_runs():
             "start a-node1 1010.0\n"
             "noise line\n"
             "done a-node1 1040.25\n")
-    assert _runs_from_output(text, own, 1000.0) == [("borrowed", 0.5, None), ("own", 10.0, 40.25)]
+    assert _runs_from_output(text, own, 1000.0) == [("borrowed", 0.5, None, "a-v1"),
+                                                    ("own", 10.0, 40.25, "a-node1")]
     assert _runs_from_output("", own, 0.0) == []
-    assert _runs_from_output("start a-node2 5\n", own, 0.0) == [("own", 5.0, None)]
+    assert _runs_from_output("start a-node2 5\n", own, 0.0) == [("own", 5.0, None, "a-node2")]
 
 
 def test_a_run_squeue_saw_but_the_output_lost_is_put_back_as_cut():
     own = {"a-node1"}
-    from_output = [("own", 10.0, 40.0)]
+    from_output = [("own", 10.0, 40.0, "a-node1")]
     seen = [("a-v1", 1003.0), ("a-node1", 1010.1)]
-    assert merge_runs(from_output, seen, own, 1000.0) == [("borrowed", 3.0, None), ("own", 10.0, 40.0)]
+    assert merge_runs(from_output, seen, own, 1000.0) == [("borrowed", 3.0, None, "a-v1"),
+                                                          ("own", 10.0, 40.0, "a-node1")]
     assert merge_runs(from_output, seen[1:], own, 1000.0) == from_output
 
 
@@ -91,9 +93,13 @@ def test_costs_are_the_medians_of_what_the_run_measured():
     outcomes = [model.JobOutcome("a", 1, 0, 10, [("own", 0, 10.1)]),
                 model.JobOutcome("a", 2, 0, 10, [("borrowed", 0, None), ("borrowed", 20, 31.1)])]
     costs = model.measure_costs(2.0, contracts, outcomes, [10.0, 11.0, 12.0])
-    assert (costs.boot_s, costs.halt_s, costs.requeue_delay_s) == (7.0, 3.0, 11.0)
+    assert (costs.boot_s, costs.active_s, costs.halt_s, costs.requeue_delay_s) == (7.0, 7.0, 3.0, 11.0)
     assert costs.slowdown == pytest.approx(0.1)
-    assert costs.samples == {"boot_s": 3, "halt_s": 1, "slowdown": 1, "requeue_delay_s": 3}
+    assert costs.samples == {"boot_s": 3, "active_s": 3, "halt_s": 1, "slowdown": 1,
+                             "requeue_delay_s": 3}
+    # with the first job on each VM known, that is the boot the simulator gets
+    costs = model.measure_costs(2.0, contracts, outcomes, [], [9.0, 10.5])
+    assert (costs.boot_s, costs.active_s, costs.requeue_delay_s) == (9.75, 7.0, 0.0)
 
 
 def test_squeue_lines_give_state_node_and_the_delay_of_a_held_requeue():
@@ -144,8 +150,10 @@ def _record(tmp_path: Path) -> dict:
     for j in model.twin_workload():
         jobs.append({"domain": j.domain, "index": j.index, "submit": j.submit + 0.1,
                      "runtime": j.runtime, "runs": [["own", j.submit + 1, j.submit + 1 + j.runtime]]})
+    # a's third job ran on the VM of a's one contract, 8.5 s after its agreement
+    jobs[2].update(runs=[["borrowed", 17.5, 17.5 + jobs[2]["runtime"]]], hosts=["a-v1"])
     borrower = _contract("borrower", agreed=origin + 9, active=origin + 15.5)
-    borrower["peer"] = "b"
+    borrower.update(peer="b", nodes=["a-v1"])
     return {"origin": origin, "capacities": {"a": 2, "b": 2}, "interval_s": {"a": 2, "b": 2},
             "policies": {"a": LAB_POLICY, "b": LAB_POLICY}, "jobs": jobs,
             "contracts": {"a": [borrower], "b": [_contract("lender", reclaiming=origin + 150,
@@ -156,7 +164,7 @@ def test_replay_of_a_record_writes_the_comparison(tmp_path):
     record = _record(tmp_path)
     assert lab_trades(record) == [model.Trade("a", "b", 9.0, 1)]
     comparison, costs, text = replay(record, tmp_path)
-    assert (costs.boot_s, costs.halt_s) == (6.5, 2.0)
+    assert (costs.boot_s, costs.active_s, costs.halt_s) == (8.5, 6.5, 2.0)
     assert "mean wait (s)" in text
     saved = json.loads((tmp_path / "twin.json").read_text())
     assert saved["ok"] == comparison.ok and set(saved["lab"]) == {"a", "b"}
