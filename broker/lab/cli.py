@@ -283,18 +283,21 @@ def _positive(text: str) -> int:
     return value
 
 
+def _inventory_option(p: argparse.ArgumentParser,
+                      text: str = "lab inventory (default: inventories/lab)") -> None:
+    p.add_argument("-i", "--inventory", type=Path, default=DEFAULT_INVENTORY, help=text)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     lab = subparsers.add_parser("lab", help="the one-machine lab: up, down, status, demo, faults")
     sub = lab.add_subparsers(dest="lab_command", metavar="ACTION")
     sub.required = True
     p_up = sub.add_parser("up", help="boot the lab's hosts (nspawn, real SSH) from the inventory")
-    p_up.add_argument("-i", "--inventory", type=Path, default=DEFAULT_INVENTORY,
-                      help="lab inventory (default: inventories/lab)")
+    _inventory_option(p_up)
     p_up.set_defaults(func=_cmd_up)
     p_demo = sub.add_parser("demo", help="the live trade: lab up, site.yml, a burst on A, A borrows "
                                          "a machine of B, a burst on B, B reclaims it")
-    p_demo.add_argument("-i", "--inventory", type=Path, default=DEFAULT_INVENTORY,
-                        help="lab inventory (default: inventories/lab)")
+    _inventory_option(p_demo)
     p_demo.add_argument("--out", type=Path, default=Path("out/demo"),
                         help="where site.log, timeline.txt and summary.json go (default: out/demo)")
     p_demo.add_argument("--jobs-a", type=_positive, default=8, help="jobs in A's burst (default 8)")
@@ -310,8 +313,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p_demo.set_defaults(func=_cmd_demo)
     p_twin = sub.add_parser("twin", help="one workload (46 jobs, ten minutes) in the lab and in the "
                             "simulator with the lab's measured costs, side by side")
-    p_twin.add_argument("-i", "--inventory", type=Path, default=DEFAULT_INVENTORY,
-                        help="lab inventory with Slurm domains a and b (default: inventories/lab)")
+    _inventory_option(p_twin, "lab inventory with Slurm domains a and b (default: inventories/lab)")
     p_twin.add_argument("--out", type=Path, default=Path("out/twin"),
                         help="where lab.json, twin.txt, twin.json and jobs.csv go (default: out/twin)")
     p_twin.add_argument("--seed", type=_positive, default=1, help="the workload's seed (default 1)")
