@@ -68,8 +68,10 @@ class Lending:
         # The loans (one host of a contract each, :func:`loan_id`) the core said to drain
         # (-> why) and since when; and since when the borrower has reported a job on each lent
         # contract (from its heartbeat answers).
-        self.draining: dict[str, str] = {}
-        self.draining_since: dict[str, float] = {}
+        # The drains are kept in the store too: a restart keeps them and their deadlines.
+        kept = ctx.store.drains()
+        self.draining: dict[str, str] = {loan: why for loan, (why, _since) in kept.items()}
+        self.draining_since: dict[str, float] = {loan: since for loan, (_why, since) in kept.items()}
         self.loan_busy_since: dict[str, float] = {}
 
     # ------------------------------------------------------------------ offering
@@ -217,6 +219,9 @@ class Lending:
         whether a job of the borrower's runs on the contract and since when, since when
         drained, the host's free disk); the drain books forget hosts no longer lent."""
         now_lent = {loan_id(c.id, h) for c in lent.values() for h in c.host_names}
+        gone = [k for k in self.draining if k not in now_lent]
+        if gone:
+            self.ctx.store.drop_drains(gone)
         self.draining = {k: why for k, why in self.draining.items() if k in now_lent}
         self.draining_since = {k: v for k, v in self.draining_since.items() if k in self.draining}
         self.loan_busy_since = {k: v for k, v in self.loan_busy_since.items() if k in known}
@@ -227,6 +232,7 @@ class Lending:
 
     def drain(self, loan: str, reason: str, now: float) -> None:
         log.info("contract %s: draining (%s): it comes back when its job ends", loan, reason)
+        self.ctx.store.set_drain(loan, reason, now)
         self.draining[loan] = reason
         self.draining_since[loan] = now
 
@@ -261,9 +267,12 @@ class Lending:
         return 200, {"state": c.state.value}
 
     def _undrain(self, c: Contract, hosts: Collection[str]) -> None:
-        for h in hosts:
-            self.draining.pop(loan_id(c.id, h), None)
-            self.draining_since.pop(loan_id(c.id, h), None)
+        loans = [loan_id(c.id, h) for h in hosts]
+        if any(loan in self.draining for loan in loans):
+            self.ctx.store.drop_drains(loans)
+        for loan in loans:
+            self.draining.pop(loan, None)
+            self.draining_since.pop(loan, None)
 
     async def take_back(self, c: Contract, hosts: Collection[str], reason: str) -> Contract:
         """Take back some hosts of an active loan (a gradual reclaim): the borrower requeues

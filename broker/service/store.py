@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,12 +32,13 @@ from broker.negotiation.contracts import Contract, ContractState, Role, Transiti
 from broker.negotiation.messages import HostOffer, Needs, Terms
 from broker.service.addresses import address_of
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # schema 1 had no addresses column; a database of schema 1 gets it (empty lists) on opening.
-# schema 2 had no refusals table (SCHEMA below makes it).
+# schema 2 had no refusals table, schema 3 no drains table (SCHEMA below makes them).
 MIGRATIONS = {
     1: "ALTER TABLE contracts ADD COLUMN addresses TEXT NOT NULL DEFAULT '[]'",
     2: "SELECT 1",
+    3: "SELECT 1",
 }
 # A message id is remembered this long (seconds) so that a resent message is answered once;
 # a peer resends within its request timeout, so a day is ample.
@@ -90,6 +91,14 @@ CREATE TABLE IF NOT EXISTS refusals (
     last_at REAL NOT NULL,
     last_reason TEXT NOT NULL,
     PRIMARY KEY (peer, role)
+);
+-- The lender's loans (one lent host of a contract each) that drain: the borrower keeps new
+-- jobs off them and they come back when their job ends, or at the drain's deadline, counted
+-- from since (kept across restarts, so a restart does not move the deadline).
+CREATE TABLE IF NOT EXISTS drains (
+    loan TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    since REAL NOT NULL
 );
 """
 
@@ -357,6 +366,22 @@ class Store:
         return Compacted(gone, messages)
 
     # ------------------------------------------------------------------ message ids
+
+    # -- the lender's drains ------------------------------------------------------------
+    def drains(self) -> dict[str, tuple[str, float]]:
+        """loan -> (why it drains, since when)."""
+        with self._lock:
+            rows = self._db.execute("SELECT loan, reason, since FROM drains").fetchall()
+        return {loan: (reason, float(since)) for loan, reason, since in rows}
+
+    def set_drain(self, loan: str, reason: str, since: float) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO drains(loan, reason, since) VALUES (?, ?, ?)",
+                             (loan, reason, since))
+
+    def drop_drains(self, loans: Iterable[str]) -> None:
+        with self._lock, self.transaction():
+            self._db.executemany("DELETE FROM drains WHERE loan=?", [(loan,) for loan in loans])
 
     def seen(self, message_id: str) -> SeenMessage | None:
         with self._lock:

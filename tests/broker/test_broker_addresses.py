@@ -163,8 +163,9 @@ def test_a_database_of_the_previous_schema_is_migrated_in_place(tmp_path):
     again = Store(path)
     assert again.get("a-new").addresses == (("a-vnew-0", "10.207.1.10/24"),)
     db = sqlite3.connect(path)
-    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("3",)
+    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("4",)
     assert db.execute("SELECT count(*) FROM refusals").fetchone() == (0,)  # schema 3's table
+    assert db.execute("SELECT count(*) FROM drains").fetchone() == (0,)  # schema 4's table
     db.close()
 
 

@@ -74,7 +74,7 @@ class Scheduler:
         return RemoveResult(node)
 
 
-def _lender(tmp_path: Path, mode: str) -> Broker:
+def _lender(tmp_path: Path, mode: str, fresh: bool = True) -> Broker:
     raw = {
         "domain": "b", "state_dir": str(tmp_path / "state"),
         "listen": {"host": "127.0.0.1", "port": 8444},
@@ -85,14 +85,15 @@ def _lender(tmp_path: Path, mode: str) -> Broker:
     }
     config = parse_config(raw, "b.yml", tmp_path)
     store = Store(config.db_path)
-    c, t = Contract.propose(CID, Role.LENDER, "a", "b", 1, Needs(), Terms(mode=mode), 1.0)
-    store.create(c, t)
-    steps = [(S.AGREED, {"nodes": (("n1", "a-vm-0"),),
-                         "offered": (HostOffer("n1", "n1", "vpla", 2, 1024, 5, "b"),)}),
-             (S.PROVISIONING, {}), (S.ACTIVE, {})]
-    for i, (state, changes) in enumerate(steps):
-        c, t = c.advance(state, 2.0 + i, state.value, **changes)
-        store.save(c, t)
+    if fresh:  # else the broker starts again on the store an earlier one left
+        c, t = Contract.propose(CID, Role.LENDER, "a", "b", 1, Needs(), Terms(mode=mode), 1.0)
+        store.create(c, t)
+        steps = [(S.AGREED, {"nodes": (("n1", "a-vm-0"),),
+                             "offered": (HostOffer("n1", "n1", "vpla", 2, 1024, 5, "b"),)}),
+                 (S.PROVISIONING, {}), (S.ACTIVE, {})]
+        for i, (state, changes) in enumerate(steps):
+            c, t = c.advance(state, 2.0 + i, state.value, **changes)
+            store.save(c, t)
     clock = [100.0]
     broker = Broker(config, store, Scheduler(), Executor(), Borrower(),  # type: ignore[arg-type]
                     clock=lambda: clock[0])
@@ -142,5 +143,36 @@ def test_immediate_takes_a_busy_loan_back_at_once(tmp_path):
         [reclaim] = _reclaims(b)
         assert reclaim.reason == "own demand needs 1 node(s)"
         assert b.store.get(CID).state is S.CLOSED
+
+    asyncio.run(scenario())
+
+
+def test_a_drain_and_its_start_survive_a_restart_of_the_lender(tmp_path):
+    async def scenario() -> None:
+        b = _lender(tmp_path, "drain")
+        await b.heartbeat("a")
+        await b.tick()
+        await b.drain()
+        assert b.draining == {CID: "own demand needs 1 node(s)"}
+        b.store.close()
+
+        again = _lender(tmp_path, "drain", fresh=False)  # the broker restarted
+        again.test_clock[0] = 130.0  # type: ignore[attr-defined]
+        assert again.draining == {CID: "own demand needs 1 node(s)"}
+        assert again.lending.draining_since == {f"{CID}/n1": 100.0}  # not moved by the restart
+        assert again.status()["draining"] == [CID]
+        await again.heartbeat("a")  # the job still runs: nothing is taken back
+        await again.tick()
+        await again.drain()
+        assert _reclaims(again) == []
+        again.client.busy = False  # type: ignore[attr-defined]  # the job ended
+        again.test_clock[0] = 140.0  # type: ignore[attr-defined]
+        await again.heartbeat("a")
+        await again.tick()
+        await again.drain()
+        [reclaim] = _reclaims(again)
+        assert reclaim.reason.startswith("drained")
+        assert again.store.get(CID).state is S.CLOSED
+        assert again.store.drains() == {}  # the books forget a loan that came back
 
     asyncio.run(scenario())
