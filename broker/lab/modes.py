@@ -133,7 +133,8 @@ def run_drain(plan: labhosts.Plan, log: Callable[[str], None] = print,
         def b_knows_busy() -> bool:  # else B would take an idle-looking loan back at once
             out = drill._ask(HEADS["b"], status, 10)
             try:
-                return out is not None and trade.contract in json.loads(out).get("loans_busy", [])
+                busy = json.loads(out).get("loans_busy", []) if out is not None else []
+                return any(str(loan).startswith(f"{trade.contract}/") for loan in busy)
             except ValueError:
                 return False
 

@@ -401,12 +401,20 @@ class Borrowing:
             except SchedulerError as exc:
                 log.warning("contract %s: %s", c.id, exc)
 
-    def busy_with(self, lender: str) -> list[str]:
-        """Our contracts with ``lender`` whose nodes run a job now (by the last snapshot): the
-        lender drains these instead of preempting them."""
+    def busy_with(self, lender: str) -> tuple[list[str], list[str]]:
+        """Our contracts with ``lender`` whose nodes run a job now (by the last snapshot), and
+        the lender's hosts under them (``<contract>/<host>``, the lender's loans): the lender
+        drains these instead of preempting them, and takes the idle hosts of a contract back
+        first. The contract list is what lenders that read no host list go by."""
         snap = self.ctx.last_snapshot
         if snap is None:
-            return []
-        return [c.id for c in self.ctx.store.contracts(open_only=True, peer=lender)
-                if c.role is Role.BORROWER
-                and any((n := snap.node(name)) is not None and n.busy for name in c.node_names)]
+            return [], []
+        contracts, hosts = [], []
+        for c in self.ctx.store.contracts(open_only=True, peer=lender):
+            if c.role is not Role.BORROWER:
+                continue
+            busy = [host for host, vm in c.nodes if (n := snap.node(vm)) is not None and n.busy]
+            if busy:
+                contracts.append(c.id)
+                hosts.extend(f"{c.id}/{host}" for host in busy)
+        return contracts, hosts

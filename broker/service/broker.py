@@ -173,7 +173,8 @@ class Broker:
         # of any we hold closed or do not know (Broker.heartbeat, reconcile.peer_view); a
         # loan we drain is called ``draining`` (the borrower keeps new jobs off it)
         mine = [[c.id, self.lending.word(c)] for c in self.store.contracts(peer=m.sender)]
-        return 200, {"contracts": mine, "busy": self.borrowing.busy_with(m.sender)}
+        busy, busy_hosts = self.borrowing.busy_with(m.sender)
+        return 200, {"contracts": mine, "busy": busy, "busy_hosts": busy_hosts}
 
     # ================================================================== the interval
 
@@ -255,7 +256,7 @@ class Broker:
         theirs = {item[0]: item[1] for item in view
                   if isinstance(item, list) and len(item) == 2
                   and isinstance(item[0], str) and isinstance(item[1], str)}
-        self.lending.note_busy(peer, reply.body.get("busy"), now)
+        self.lending.note_busy(peer, reply.body.get("busy"), reply.body.get("busy_hosts"), now)
         for c in open_:  # the lender's word on a loan it drains (or no longer drains)
             if c.role is Role.BORROWER and c.id in theirs and c.id not in self.busy:
                 step = trade.follow(c.role, c.state, theirs[c.id])
@@ -285,7 +286,7 @@ class Broker:
             "borrowed": [n.name for n in snap.borrowed] if snap else [],
             "intent": self.last_intent,
             "draining": sorted(self.draining),
-            # our loans the borrower says run a job (a drain waits for these)
+            # our loans (<contract>/<host>) the borrower says run a job (a drain waits for these)
             "loans_busy": sorted(self.loan_busy_since),
             "peers": {p: {"last_seen": self.ctx.peer_seen.get(p)} for p in self.config.peers},
             "contracts": [

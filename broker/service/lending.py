@@ -66,8 +66,8 @@ class Lending:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         # The loans (one host of a contract each, :func:`loan_id`) the core said to drain
-        # (-> why) and since when; and since when the borrower has reported a job on each lent
-        # contract (from its heartbeat answers).
+        # (-> why) and since when; and since when the borrower has reported a job on each
+        # loan (from its heartbeat answers).
         # The drains are kept in the store too: a restart keeps them and their deadlines.
         kept = ctx.store.drains()
         self.draining: dict[str, str] = {loan: why for loan, (why, _since) in kept.items()}
@@ -202,21 +202,28 @@ class Lending:
         """The contracts a host of which drains (-> why)."""
         return {loan_of(loan)[0]: why for loan, why in self.draining.items()}
 
-    def note_busy(self, peer: str, busy: Any, now: float) -> None:
-        """The borrower's word on which of our loans to it run a job (a list of contract ids;
-        anything else, or an older peer that does not say, counts as no job)."""
-        said = {b for b in busy if isinstance(b, str)} if isinstance(busy, list) else set()
+    def note_busy(self, peer: str, busy: Any, busy_hosts: Any, now: float) -> None:
+        """The borrower's word on which of our loans to it run a job: the lent hosts
+        (``busy_hosts``, ``<contract>/<host>``) or, from a borrower that does not list them,
+        the contracts (every host of a busy contract counts busy); anything else, or a peer
+        that says neither, counts as no job."""
+        def strings(value: Any) -> set[str] | None:
+            return {b for b in value if isinstance(b, str)} if isinstance(value, list) else None
+
+        hosts, contracts = strings(busy_hosts), strings(busy) or set()
         for c in self.ctx.store.contracts(open_only=True, peer=peer):
             if c.role is not Role.LENDER:
                 continue
-            if c.id in said:
-                self.loan_busy_since.setdefault(c.id, now)
-            else:
-                self.loan_busy_since.pop(c.id, None)
+            for h in c.host_names:
+                loan = loan_id(c.id, h)
+                if (loan in hosts) if hosts is not None else (c.id in contracts):
+                    self.loan_busy_since.setdefault(loan, now)
+                else:
+                    self.loan_busy_since.pop(loan, None)
 
     async def loans(self, lent: dict[str, Contract], known: set[str]) -> list[Loan]:
         """The active loans as the trade core sees them, one per lent host (when lent,
-        whether a job of the borrower's runs on the contract and since when, since when
+        whether a job of the borrower's runs on the host and since when, since when
         drained, the host's free disk); the drain books forget hosts no longer lent."""
         now_lent = {loan_id(c.id, h) for c in lent.values() for h in c.host_names}
         gone = [k for k in self.draining if k not in now_lent]
@@ -224,9 +231,11 @@ class Lending:
             self.ctx.store.drop_drains(gone)
         self.draining = {k: why for k, why in self.draining.items() if k in now_lent}
         self.draining_since = {k: v for k, v in self.draining_since.items() if k in self.draining}
-        self.loan_busy_since = {k: v for k, v in self.loan_busy_since.items() if k in known}
+        self.loan_busy_since = {k: v for k, v in self.loan_busy_since.items()
+                                if loan_of(k)[0] in known}
         disk = await self._free_disk(list(lent.values()))
-        return [Loan(loan_id(c.id, h), c.borrower, c.updated_at, self.loan_busy_since.get(c.id),
+        return [Loan(loan_id(c.id, h), c.borrower, c.updated_at,
+                     self.loan_busy_since.get(loan_id(c.id, h)),
                      self.draining_since.get(loan_id(c.id, h)), disk.get(h))
                 for c in lent.values() for h in c.host_names]
 

@@ -109,7 +109,7 @@ def test_drain_takes_a_busy_loan_back_only_after_its_job_ends(tmp_path):
     async def scenario() -> None:
         b = _lender(tmp_path, "drain")
         await b.heartbeat("a")  # the borrower says its job runs on the loan
-        assert b.loan_busy_since == {CID: 100.0}
+        assert b.loan_busy_since == {f"{CID}/n1": 100.0}  # the peer names contracts only
         await b.tick()
         await b.drain()
         assert b.last_intent == "reclaim 1"

@@ -1,4 +1,5 @@
-"""Gradual reclamation in the live broker: a contract shrinks one host an interval.
+"""Gradual reclamation in the live broker: a contract shrinks one host an interval; and a
+drain that takes a contract's idle host back at once while its busy one drains.
 
 Scheduler, executor and peer are stand-ins: a borrowed VM's node daemon is a second slurmd
 that can only listen on SlurmdPort, so this machine's test Slurm cannot run two of them for one
@@ -29,15 +30,22 @@ NODES = (("n1", "a-vm-0"), ("n2", "a-vm-1"))
 
 
 class Peer:
-    """The other broker: records what it is sent; confirms reclaims; idle loans."""
+    """The other broker: records what it is sent; confirms reclaims; says which loans run a
+    job (``busy``, its contracts, and ``busy_hosts``, the lent hosts; None: left out)."""
 
-    def __init__(self) -> None:
+    def __init__(self, busy: list[str] | None = None, busy_hosts: list[str] | None = None) -> None:
         self.sent: list[Any] = []
+        self.busy = busy or []
+        self.busy_hosts = busy_hosts
 
     async def send(self, peer: Any, message: Any) -> Reply:
         self.sent.append(message)
         if isinstance(message, Heartbeat):
-            return Reply(200, {"contracts": [[c, s] for c, s in message.contracts], "busy": []})
+            body: dict[str, Any] = {"contracts": [[c, s] for c, s in message.contracts],
+                                    "busy": self.busy}
+            if self.busy_hosts is not None:
+                body["busy_hosts"] = self.busy_hosts
+            return Reply(200, body)
         return Reply(200, {"state": "active", "requeued": []})
 
     async def close(self) -> None:
@@ -80,6 +88,7 @@ class LenderScheduler:
 class BorrowerScheduler:
     borrowed_feature = "borrowed"
     lent_reason = "viocluster-lent"
+    draining_reason = "viocluster-draining"
 
     def __init__(self) -> None:
         self.removed: list[str] = []
@@ -89,27 +98,28 @@ class BorrowerScheduler:
         return RemoveResult(node, requeued=(f"job-on-{node}",))
 
 
-def _broker(tmp_path: Path, domain: str, role: Role, scheduler: Any) -> tuple[Broker, Peer, Executor]:
+def _broker(tmp_path: Path, domain: str, role: Role, scheduler: Any, mode: str = "gradual",
+            client: Peer | None = None) -> tuple[Broker, Peer, Executor]:
     peer = "a" if domain == "b" else "b"
     raw = {
         "domain": domain, "state_dir": str(tmp_path / f"state-{domain}"),
         "listen": {"host": "127.0.0.1", "port": 8444},
         "tls": {"cert": "x.crt", "key": "x.key", "ca": "ca.crt"},
         "peers": {peer: {"url": "https://127.0.0.1:8443", "fingerprint": FP}},
-        "policy": {"reclamation": {"mode": "gradual", "per_interval": 1}},
+        "policy": {"reclamation": {"mode": mode, "per_interval": 1}},
         "lending": {"hosts": [{"node": n, "address": n, "account": "vpl{borrower}"}
                               for n in ("n1", "n2")]},
     }
     config = parse_config(raw, f"{domain}.yml", tmp_path)
     store = Store(config.db_path)
-    c, t = Contract.propose(CID, role, "a", "b", 2, Needs(), Terms(mode="gradual"), 1.0)
+    c, t = Contract.propose(CID, role, "a", "b", 2, Needs(), Terms(mode=mode), 1.0)
     store.create(c, t)
     offered = tuple(HostOffer(h, h, "vpla", 2, 1024, 5, "b") for h, _n in NODES)
     for i, (state, changes) in enumerate([(S.AGREED, {"nodes": NODES, "offered": offered}),
                                           (S.PROVISIONING, {}), (S.ACTIVE, {})]):
         c, t = c.advance(state, 2.0 + i, state.value, **changes)
         store.save(c, t)
-    client, executor = Peer(), Executor()
+    client, executor = client or Peer(), Executor()
     broker = Broker(config, store, scheduler, executor, client,  # type: ignore[arg-type]
                     clock=lambda: 100.0)
     return broker, client, executor
@@ -160,5 +170,57 @@ def test_the_borrower_gives_up_the_nodes_of_the_hosts_taken_back_with_stand_ins(
         status, body = await a.handle(reclaim("n2"))
         assert (status, body["state"], body["requeued"]) == (200, "closed", ["job-on-a-vm-1"])
         assert a.store.get(CID).state is S.CLOSED and scheduler.removed == ["a-vm-0", "a-vm-1"]
+
+    asyncio.run(scenario())
+
+
+def test_a_drain_takes_the_idle_host_of_a_contract_back_and_drains_the_busy_one(tmp_path):
+    """The borrower names the lent hosts that run its job: b needs both hosts back, n1 runs
+    a's job (it drains), n2 does not (it comes back at once)."""
+    scheduler = LenderScheduler()
+    peer = Peer(busy=[CID], busy_hosts=[f"{CID}/n1"])
+    b, _peer, executor = _broker(tmp_path, "b", Role.LENDER, scheduler, "drain", peer)
+
+    async def scenario():
+        await b.heartbeat("a")
+        assert b.loan_busy_since == {f"{CID}/n1": 100.0}
+        await b.tick()
+        await b.drain()
+        [reclaim] = [m for m in peer.sent if isinstance(m, Reclaim)]
+        assert reclaim.hosts == ("n2",)
+        assert b.store.get(CID).nodes == (NODES[0],) and scheduler.unlent == ["n2"]
+        assert b.lending.draining == {f"{CID}/n1": "own demand needs 2 node(s)"}
+
+    asyncio.run(scenario())
+
+
+def test_a_borrower_that_names_only_contracts_has_every_host_of_a_busy_one_drained(tmp_path):
+    scheduler = LenderScheduler()
+    peer = Peer(busy=[CID])  # an older borrower: no busy_hosts
+    b, _peer, _executor = _broker(tmp_path, "b", Role.LENDER, scheduler, "drain", peer)
+
+    async def scenario():
+        await b.heartbeat("a")
+        assert b.loan_busy_since == {f"{CID}/n1": 100.0, f"{CID}/n2": 100.0}
+        await b.tick()
+        await b.drain()
+        assert [m for m in peer.sent if isinstance(m, Reclaim)] == []
+        assert set(b.lending.draining) == {f"{CID}/n1", f"{CID}/n2"}
+
+    asyncio.run(scenario())
+
+
+def test_the_borrower_names_the_hosts_whose_vm_runs_a_job(tmp_path):
+    a, _peer, _executor = _broker(tmp_path, "a", Role.BORROWER, BorrowerScheduler())
+    a.ctx.last_snapshot = Snapshot(
+        (Job("7", "running", 1, ("a-vm-0",)),),
+        (Node("a-vm-0", "allocated", ("borrowed",), 1, 512), Node("a-vm-1", "idle", ("borrowed",), 1, 512)),
+        "borrowed", "viocluster-lent")
+
+    async def scenario():
+        status, body = await a.handle(Heartbeat(id="h1", sender="b", recipient="a", sent_at=100.0,
+                                                contracts=((CID, "active"),)))
+        assert status == 200
+        assert (body["busy"], body["busy_hosts"]) == ([CID], [f"{CID}/n1"])
 
     asyncio.run(scenario())
