@@ -33,7 +33,6 @@ from broker.lab import hosts as labhosts
 from broker.lab import topology
 from broker.lab.demo import (
     BROKER_CONFIG,
-    DemoError,
     Shell,
     Slurm,
     Watcher,
@@ -392,5 +391,3 @@ def load_record(path: Path) -> dict[str, Any]:
         raise model.TwinError(f"{path} is not a lab record of `viocluster lab twin`")
     return record
 
-
-__all__ = ["DemoError", "TwinSettings", "load_record", "replay", "run_lab"]
