@@ -216,6 +216,32 @@ def test_reclamation_mode_keeps_its_promise_with_real_vms(site, mode: str) -> No
     assert result.problems == [], "\n".join(result.problems)
 
 
+def test_twin_runs_a_short_workload_in_the_lab_and_replays_it(site, tmp_path) -> None:
+    """The twin's lab part on a one-minute workload (A outgrows its nodes and borrows from B,
+    then B's burst takes the host back): every job finished and its runs were read, the
+    brokers' contracts and config were recorded, and the simulator replays the record. How
+    close the two are is `make twin`'s matter (ten minutes; docs/results.md)."""
+    from broker.lab.cli import build_wheels, up
+    from broker.lab.twin import TwinSettings, replay, run_lab
+    from broker.simulator.twin import Burst
+
+    started = time.monotonic()
+    bursts = (Burst("a", 0, 6, 6, (15, 20)), Burst("b", 30, 3, 2, (10, 12)))
+    record = run_lab(TwinSettings(inventory=INVENTORY, out=tmp_path, bursts=bursts,
+                                  run_site=False, finish_timeout_s=240),
+                     log=print, up=up, build_wheels=build_wheels)
+    site["times"]["twin (short)"] = time.monotonic() - started
+    jobs = record["jobs"]
+    assert len(jobs) == 9 and all(j["runs"] and j["runs"][-1][2] is not None for j in jobs), jobs
+    assert record["capacities"] == {"a": 2, "b": 2} and record["interval_s"] == {"a": 2, "b": 2}
+    assert any(c["role"] == "borrower" for c in record["contracts"]["a"]), record["contracts"]
+    assert any(host.startswith("a-v") for j in jobs for host in j["hosts"]), jobs  # ran on a VM
+    comparison, costs, text = replay(record, tmp_path)
+    print(text)
+    assert costs.boot_s > 0 and comparison.lab["a"].trades >= 1
+    assert comparison.sim["a"].finished == 6 and comparison.sim["b"].finished == 3
+
+
 def test_sweep_runs_as_a_job_array_on_the_lab(site, tmp_path) -> None:
     """viocluster sweep --slurm on domain a's Slurm, collected into one table equal to the same
     grid run here (tests/lab/test_sweep_lab.py, which runs on its own only on a lab left up)."""
