@@ -31,7 +31,9 @@ echo "done $(hostname) $(date +%s.%N)"
 _LINE = re.compile(r"^(start|tick|done) (\S+) ([0-9]+(?:\.[0-9]+)?)$")
 #: What Slurm itself writes into a job's output, e.g. when the job is requeued off a node set
 #: down: "slurmstepd-NODE: error: *** JOB 68 ON NODE CANCELLED AT ... ***". Not corruption.
-_SCHEDULER_NOTE = re.compile(r"^slurmstepd(-\S+)?: \S")
+#: The job's shell reporting that its ``sleep`` was killed when the scheduler signalled the job
+#: (a requeue while the VM still runs): a whole line of its own, e.g. "Terminated".
+_SCHEDULER_NOTE = re.compile(r"^slurmstepd(-\S+)?: \S|^(Terminated|Killed|Hangup)$")
 
 
 @dataclass

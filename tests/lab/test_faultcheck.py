@@ -66,3 +66,13 @@ def test_slurms_own_requeue_notice_in_the_output_is_not_corruption() -> None:
         lines(("start", "a-node1", 140), ("done", "a-node1", 170))
     job = parse_output("68", raw)
     assert job_problems(job) == [] and len(job.notes) == 1
+
+
+def test_the_shells_report_of_a_signalled_job_is_not_corruption_but_half_a_line_is() -> None:
+    # the scheduler requeued the job while the VM still ran: its shell reports the killed sleep
+    raw = lines(("start", "a-v1", 100), ("tick", "a-v1", 101)) + b"Terminated\n" + \
+        lines(("start", "a-node1", 140), ("done", "a-node1", 170))
+    job = parse_output("59", raw)
+    assert job_problems(job) == [] and job.notes == ["Terminated"]
+    broken = parse_output("60", raw.replace(b"Terminated\n", b"Terminated tick a-v1 10\n"))
+    assert job_problems(broken) == ["job 60: output corrupted (line 3: 'Terminated tick a-v1 10')"]
