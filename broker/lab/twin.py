@@ -267,8 +267,9 @@ def run_lab(settings: TwinSettings, log: Callable[[str], None], *, up: Callable[
             current: list[str] | None = None
             for line in text.splitlines():
                 if line.startswith("== "):
-                    index = int(line[3:].removeprefix(f"{d}-").removesuffix(".out"))
-                    current = files.setdefault(index, [])
+                    name = line[3:].removeprefix(f"{d}-").removesuffix(".out")
+                    # no output at all leaves the glob itself ("a-*.out"): not a job's file
+                    current = files.setdefault(int(name), []) if name.isdigit() else None
                 elif current is not None:
                     current.append(line)
             for j in (j for j in jobs if j.domain == d):
@@ -302,7 +303,7 @@ def first_use(record: dict[str, Any], outcomes: list[model.JobOutcome]) -> list[
     out = []
     for d, items in record["contracts"].items():
         for c in items:
-            agreed = model._transition(c, "agreed")
+            agreed = model.transition(c, "agreed")
             nodes = set(c.get("nodes") or [])
             if c.get("role") != "borrower" or agreed is None or not nodes:
                 continue
@@ -319,7 +320,7 @@ def lab_trades(record: dict[str, Any]) -> list[model.Trade]:
     trades = []
     for d, items in record["contracts"].items():
         for c in items:
-            agreed = model._transition(c, "agreed")
+            agreed = model.transition(c, "agreed")
             if c.get("role") == "borrower" and agreed is not None:
                 trades.append(model.Trade(d, str(c.get("peer")), agreed - origin,
                                           len(c.get("hosts") or [])))
@@ -348,16 +349,24 @@ def replay(record: dict[str, Any], out: Path) -> tuple[model.Comparison, model.C
     if unfinished:
         raise model.TwinError(f"job(s) {', '.join(unfinished)} have no finished run in the lab's "
                               "record: the lab run is incomplete, run it again")
-    intervals = {float(v) for v in record["interval_s"].values() if v is not None}
+    try:
+        intervals = {float(v) for v in record["interval_s"].values() if v is not None}
+        capacities = {str(d): int(n) for d, n in record["capacities"].items()}
+        trades = lab_trades(record)
+        uses = first_use(record, lab)
+        policy_data = dict(record["policies"])
+        contracts = {d: list(items) for d, items in record["contracts"].items()}
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise model.TwinError(f"the lab record is not as `viocluster lab twin` writes it "
+                              f"({exc!r}): run the twin again") from None
     if len(intervals) != 1:
         raise model.TwinError(f"the brokers' intervals differ or are unknown ({record['interval_s']}): "
                               "the simulator runs one interval for all domains")
-    costs = model.measure_costs(intervals.pop(), record["contracts"], lab,
-                                record.get("requeue_delays_s", []), first_use(record, lab))
-    policies = {d: parse_policy(p, f"domain {d}'s deployed policy") for d, p in record["policies"].items()}
-    capacities = {d: int(n) for d, n in record["capacities"].items()}
+    costs = model.measure_costs(intervals.pop(), contracts, lab,
+                                record.get("requeue_delays_s", []), uses)
+    policies = {d: parse_policy(p, f"domain {d}'s deployed policy") for d, p in policy_data.items()}
     sim = model.simulate(lab, capacities, policies, costs, epoch=float(record["origin"]))
-    comparison = model.compare(lab, lab_trades(record), sim.outcomes, sim.trades, list(capacities))
+    comparison = model.compare(lab, trades, sim.outcomes, sim.trades, list(capacities))
     text = model.format_comparison(comparison, costs)
     if sim.violations:
         text += "\n\nthe simulator's invariant check found: " + "; ".join(sim.violations[:5])
@@ -365,7 +374,7 @@ def replay(record: dict[str, Any], out: Path) -> tuple[model.Comparison, model.C
     (out / "twin.txt").write_text(text + "\n")
     (out / "twin.json").write_text(json.dumps({
         **comparison.as_dict(), "costs": asdict(costs),
-        "lab_trades": [asdict(t) for t in lab_trades(record)],
+        "lab_trades": [asdict(t) for t in trades],
         "sim_trades": [asdict(t) for t in sim.trades]}, indent=1))
     with open(out / "jobs.csv", "w", newline="") as f:
         w = csv.writer(f)

@@ -179,7 +179,8 @@ def _median(values: Sequence[float], default: float) -> float:
     return float(statistics.median(values)) if values else default
 
 
-def _transition(contract: Mapping[str, Any], to: str) -> float | None:
+def transition(contract: Mapping[str, Any], to: str) -> float | None:
+    """When a contract (as ``viocluster contracts --json`` gives it) first went ``to`` a state."""
     return next((float(t["at"]) for t in contract.get("transitions", []) if t.get("to") == to), None)
 
 
@@ -198,8 +199,8 @@ def measure_costs(interval_s: float, contracts: Mapping[str, Sequence[Mapping[st
     boots, halts = [], []
     for items in contracts.values():
         for c in items:
-            agreed, active = _transition(c, "agreed"), _transition(c, "active")
-            reclaiming, closed = _transition(c, "reclaiming"), _transition(c, "closed")
+            agreed, active = transition(c, "agreed"), transition(c, "active")
+            reclaiming, closed = transition(c, "reclaiming"), transition(c, "closed")
             if c.get("role") == "borrower" and agreed is not None and active is not None:
                 boots.append(active - agreed)
             if c.get("role") == "lender" and reclaiming is not None and closed is not None:
@@ -246,7 +247,8 @@ def simulate(submitted: Sequence[JobOutcome], capacities: Mapping[str, int],
     if missing:
         raise TwinError(f"no policy for domain(s) {', '.join(missing)}")
     workloads = _workloads(submitted, capacities)
-    sim = Simulation(workloads, [policies[d] for d in capacities], costs.config(epoch))
+    config = costs.config(epoch)
+    sim = Simulation(workloads, [policies[d] for d in capacities], config)
     result = sim.run()
     names = list(capacities)
     outcomes = []
@@ -266,7 +268,7 @@ def simulate(submitted: Sequence[JobOutcome], capacities: Mapping[str, int],
             key = (entry[0], entry[2], entry[4])
             trades[key] = trades.get(key, 0) + 1
     trade_list = [Trade(names[b], names[lender], t, n) for (t, lender, b), n in sorted(trades.items())]
-    report = check_run(result, sim.log, costs.config(epoch), run_summary(result))
+    report = check_run(result, sim.log, config, run_summary(result))
     return SimRun(outcomes, trade_list, [str(v) for v in report.violations])
 
 

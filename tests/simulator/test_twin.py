@@ -185,6 +185,12 @@ def test_a_broken_record_says_what_is_wrong_and_writes_nothing(tmp_path):
     record["interval_s"] = {"a": 2, "b": 5}
     with pytest.raises(model.TwinError, match="intervals differ"):
         replay(record, tmp_path / "out")
+    for key, value in (("interval_s", "2"), ("contracts", {"a": [["not", "a", "contract"]]}),
+                       ("capacities", {"a": "two"})):
+        record = _record(tmp_path)
+        record[key] = value
+        with pytest.raises(model.TwinError, match="not as `viocluster lab twin` writes it"):
+            replay(record, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
